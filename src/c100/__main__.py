@@ -1,0 +1,3 @@
+from c100.cli import main
+
+raise SystemExit(main())

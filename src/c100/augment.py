@@ -1,0 +1,115 @@
+"""Batched augmentation on the training device, and the batch iterator.
+
+Each split lives on the device as one uint8 tensor N x 3 x 32 x 32. A batch is gathered by a seeded
+permutation, augmented as a whole (translate with padding, horizontal flip, cutout) with no per-image
+Python, then normalised. Randomness comes from a generator seeded by (seed, epoch), so an epoch's
+batches depend only on those two numbers: a resumed run sees exactly the batches a straight run sees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from c100.data import MEAN, STD
+
+PAD_MODES = {"reflect": "reflect", "zero": "constant", "edge": "replicate"}
+
+
+@dataclass
+class AugmentSpec:
+    translate: int = 0  # max shift in pixels each way; the padding fills what the shift uncovers
+    pad_mode: str = "reflect"  # reflect | zero | edge (edge = Keras' 'nearest' fill)
+    flip: bool = False
+    cutout: int = 0  # side of a square zeroed (after normalisation) at a random centre; 0 = off
+
+
+def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(seed * 1_000_003 + epoch)
+    return g
+
+
+def translate(x: torch.Tensor, shift: int, mode: str, gen: torch.Generator) -> torch.Tensor:
+    """Shift every image by its own random (dy, dx) in [-shift, shift], filling by `mode` padding."""
+    if shift <= 0:
+        return x
+    n, _, h, w = x.shape
+    # reflect/replicate padding is not implemented for uint8 on every backend: pad as float16-safe
+    # integers instead (values <= 255 are exact in any float type we use).
+    padded = F.pad(x.float(), (shift,) * 4, mode=PAD_MODES[mode]).to(x.dtype)
+    dy = torch.randint(0, 2 * shift + 1, (n, 1, 1), device=x.device, generator=gen)
+    dx = torch.randint(0, 2 * shift + 1, (n, 1, 1), device=x.device, generator=gen)
+    rows = torch.arange(h, device=x.device).view(1, h, 1) + dy  # n x h x 1
+    cols = torch.arange(w, device=x.device).view(1, 1, w) + dx  # n x 1 x w
+    flat = rows * (w + 2 * shift) + cols  # n x h x w indices into each padded plane
+    planes = padded.flatten(2)  # n x c x (h+2s)(w+2s)
+    idx = flat.flatten(1).unsqueeze(1).expand(-1, x.shape[1], -1)
+    return planes.gather(2, idx).view_as(x)
+
+
+def flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    mask = torch.rand(x.shape[0], device=x.device, generator=gen) < 0.5
+    return torch.where(mask.view(-1, 1, 1, 1), x.flip(3), x)
+
+
+def cutout(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+    """Zero a size x size square per image, centred anywhere (it may hang off the edge), as in
+    DeVries & Taylor 2017."""
+    if size <= 0:
+        return x
+    n, _, h, w = x.shape
+    cy = torch.randint(0, h, (n, 1, 1), device=x.device, generator=gen)
+    cx = torch.randint(0, w, (n, 1, 1), device=x.device, generator=gen)
+    ys = torch.arange(h, device=x.device).view(1, h, 1)
+    xs = torch.arange(w, device=x.device).view(1, 1, w)
+    lo = size // 2
+    inside = (ys >= cy - lo) & (ys < cy - lo + size) & (xs >= cx - lo) & (xs < cx - lo + size)
+    return x.masked_fill(inside.unsqueeze(1), 0)
+
+
+class Normalize:
+    """uint8 -> float, scaled to [0, 1] and optionally standardised with CIFAR-100's statistics."""
+
+    def __init__(self, kind: str, device: torch.device):
+        self.kind = kind
+        self.mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float().div_(255)
+        return (x - self.mean) / self.std if self.kind == "cifar100" else x
+
+
+def augment(x: torch.Tensor, spec: AugmentSpec, norm: Normalize, gen: torch.Generator) -> torch.Tensor:
+    x = translate(x, spec.translate, spec.pad_mode, gen)  # on uint8: a quarter of the bytes to move
+    if spec.flip:
+        x = flip(x, gen)
+    x = norm(x)
+    return cutout(x, spec.cutout, gen)
+
+
+def train_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, spec: AugmentSpec,
+                  norm: Normalize, gen: torch.Generator, drop_last: bool = True
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of augmented batches in a seeded random order. drop_last keeps every step the
+    same shape (what compiled graphs and BatchNorm like); the dropped tail differs every epoch."""
+    n = len(labels)
+    perm = torch.randperm(n, device=images.device, generator=gen)
+    stop = n - n % batch_size if drop_last and n >= batch_size else n
+    for i in range(0, stop, batch_size):
+        idx = perm[i:i + batch_size]
+        yield augment(images[idx], spec, norm, gen), labels[idx]
+
+
+def steps_per_epoch(n: int, batch_size: int, drop_last: bool = True) -> int:
+    return n // batch_size if drop_last and n >= batch_size else -(-n // batch_size)
+
+
+def eval_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, norm: Normalize
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for i in range(0, len(labels), batch_size):
+        yield norm(images[i:i + batch_size]), labels[i:i + batch_size]

@@ -1,0 +1,93 @@
+"""Command line: `c100 SUBCOMMAND ...`. Each subcommand parses flags and calls one library function;
+a UserError becomes one line on stderr and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from c100 import UserError, __version__
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from c100 import config, train
+
+    flags = {name: getattr(args, name) for name in config.FIELDS}
+    if args.resume:
+        train.resume(args.resume, flags)
+        return 0
+    cfg = config.resolve(args.preset, args.config, flags)
+    out = args.out or os.path.join("runs", args.preset or "custom")
+    train.train(cfg, out)
+    print(f"done: {out}  (evaluate on the test set with: c100 evaluate {out})")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from c100.evaluate import evaluate_run, format_table
+
+    r = evaluate_run(args.run, args.split, args.checkpoint, args.tta, args.data_dir, args.device)
+    print(format_table(r, worst=100 if args.per_class else 5))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from c100.models import count_parameters, create_model, list_models
+
+    for name in list_models():
+        print(f"{name:<16} {count_parameters(create_model(name)) / 1e6:6.2f}M parameters")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from c100.config import list_presets, load_preset
+
+    for name in list_presets():
+        p = load_preset(name)
+        print(f"{name:<10} {p.get('model', 'resnet18')}, {p.get('epochs')} epochs, {p.get('optimizer')} "
+              f"lr {p.get('lr')}, batch {p.get('batch_size')}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from c100 import config
+
+    p = argparse.ArgumentParser(prog="c100", description="Train, evaluate and use CIFAR-100 classifiers.")
+    p.add_argument("--version", action="version", version=f"c100 {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model (a preset, a YAML config and flags)")
+    t.add_argument("--preset", default="default", help=f"one of: {', '.join(config.list_presets())} [default]")
+    t.add_argument("--config", help="YAML file of config keys, applied over the preset")
+    t.add_argument("--out", help="run folder (default runs/PRESET); must not exist yet")
+    t.add_argument("--resume", metavar="RUN", help="continue the killed run in folder RUN")
+    config.add_flags(t)
+    t.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("evaluate", help="accuracy of a trained run on the test (or validation) set")
+    e.add_argument("run", help="run folder or checkpoint file")
+    e.add_argument("--split", choices=["test", "val"], default="test")
+    e.add_argument("--checkpoint", choices=["last", "best"], default="last",
+                   help="last = the final model; best = the epoch with the best validation accuracy")
+    e.add_argument("--tta", action="store_true", help="also report horizontal-flip test-time augmentation")
+    e.add_argument("--per-class", action="store_true", help="print every class's accuracy")
+    e.add_argument("--data-dir", help="where cifar-100-python/ is (default: the run's)")
+    e.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    e.set_defaults(fn=cmd_evaluate)
+
+    sub.add_parser("models", help="list the registered models").set_defaults(fn=cmd_models)
+    sub.add_parser("presets", help="list the shipped presets").set_defaults(fn=cmd_presets)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except UserError as e:
+        print(f"c100: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("c100: interrupted; a training run continues with `c100 train --resume RUN`", file=sys.stderr)
+        return 130

@@ -1,0 +1,218 @@
+"""One typed config per training run: dataclass defaults < preset YAML < --config FILE < flags.
+
+Presets are data (YAML files in presets/), not code paths. The resolved config is written into every
+run folder as config.yaml and stored in every checkpoint as a plain dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from c100 import UserError
+
+CHOICES = {
+    "optimizer": ("sgd", "adam", "adamw"),
+    "schedule": ("onecycle", "cosine", "multistep", "inverse-time", "constant"),
+    "pad_mode": ("reflect", "zero", "edge"),
+    "precision": ("auto", "fp32", "bf16", "fp16"),
+    "normalize": ("cifar100", "none"),
+    "device": ("auto", "cpu", "cuda", "mps"),
+}
+
+
+def _f(default, help: str, **kw):
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    # model and data
+    model: str = _f("resnet18", "architecture from the registry (see `c100 models`)")
+    data_dir: str = _f("./data", "folder holding cifar-100-python/ (env CIFAR100_DATA)")
+    download: bool = _f(True, "download CIFAR-100 when it is not in --data-dir")
+    val_size: int = _f(5000, "stratified validation images held out of train (0 = train on all 50k)")
+    seed: int = _f(0, "seeds the split, the initialisation and every batch")
+    # optimisation
+    epochs: int = _f(30, "training epochs")
+    batch_size: int = _f(128, "images per step")
+    optimizer: str = _f("sgd", "sgd (Nesterov) | adam | adamw")
+    lr: float = _f(0.1, "peak learning rate")
+    momentum: float = _f(0.9, "SGD momentum / Adam beta1")
+    nesterov: bool = _f(True, "Nesterov momentum for SGD")
+    adam_eps: float = _f(1e-8, "Adam epsilon (Keras uses 1e-7)")
+    weight_decay: float = _f(5e-4, "weight decay on conv/linear weights (decoupled for adamw)")
+    l2: float = _f(0.0, "L2 penalty added to the loss: l2 * sum(w^2) / 2 over all trainable weights")
+    schedule: str = _f("onecycle", "onecycle | cosine | multistep | inverse-time | constant")
+    warmup_epochs: float = _f(1.0, "linear warm-up from 0 (onecycle, cosine); at most a quarter of training")
+    milestones: list = _f([0.5, 0.75], "multistep: fractions of training where lr is multiplied by gamma")
+    gamma: float = _f(0.1, "multistep factor")
+    lr_decay: float = _f(0.0, "inverse-time decay per step: lr / (1 + lr_decay * step), as Keras' decay")
+    label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy")
+    grad_clip: float = _f(0.0, "clip the gradient norm to this value (0 = off)")
+    ema: float = _f(0.0, "decay of an exponential moving average of the weights (0 = off)")
+    # augmentation
+    translate: int = _f(4, "max random shift in pixels (crop with padding)")
+    pad_mode: str = _f("reflect", "fill for the shift: reflect | zero | edge")
+    flip: bool = _f(True, "random horizontal flips")
+    cutout: int = _f(0, "side of a random square zeroed per image (0 = off)")
+    normalize: str = _f("cifar100", "cifar100 (CIFAR-100 mean/std) | none (pixels / 255)")
+    # speed
+    precision: str = _f("auto", "auto (bf16 on GPUs and CPUs with native bf16, else fp32) | fp32 | bf16 "
+                                "(autocast) | fp16 (GPU, with a grad scaler)")
+    channels_last: bool = _f(True, "NHWC memory layout (faster convolutions)")
+    compile: bool = _f(False, "torch.compile the model (one-time cost, reported)")
+    device: str = _f("auto", "auto | cpu | cuda | mps")
+    threads: int = _f(0, "CPU threads for torch (0 = torch's default)")
+    deterministic: bool = _f(False, "torch.use_deterministic_algorithms (slower, bitwise repeatable)")
+    eval_batch_size: int = _f(500, "images per evaluation step")
+
+    def validate(self) -> TrainConfig:
+        from c100.models import list_models
+
+        if self.model not in list_models():
+            raise UserError(f"unknown model '{self.model}'; choose one of: {', '.join(list_models())}")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise UserError(f"--{_flag(name)} '{getattr(self, name)}' is not one of: {', '.join(allowed)}")
+        positive = ["epochs", "batch_size", "eval_batch_size"]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise UserError(f"--{_flag(name)} must be positive, got {getattr(self, name)}")
+        nonneg = ["lr", "weight_decay", "l2", "warmup_epochs", "lr_decay", "grad_clip", "translate",
+                  "cutout", "val_size", "threads"]
+        for name in nonneg:
+            if getattr(self, name) < 0:
+                raise UserError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.label_smoothing < 1:
+            raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.ema < 1:
+            raise UserError(f"--ema must be in [0, 1) (e.g. 0.999), got {self.ema}")
+        if not 0 <= self.momentum < 1:
+            raise UserError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if self.translate > 16:
+            raise UserError(f"--translate {self.translate} exceeds half the 32-px image; use 0..16")
+        if any(not 0 < m < 1 for m in self.milestones):
+            raise UserError(f"--milestones must be fractions of training in (0, 1), got {self.milestones}")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_TYPES = typing.get_type_hints(TrainConfig)
+
+
+def list_presets() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("c100.presets").iterdir() if p.name.endswith(".yaml"))
+
+
+def read_yaml(path: Path | str, what: str) -> dict:
+    try:
+        text = (path if hasattr(path, "read_text") else Path(path)).read_text()
+        values = yaml.safe_load(text) or {}
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"{what} {path} is not valid YAML ({str(e).splitlines()[0]}); fix the file") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{what} {path} must be a mapping of config keys to values")
+    return values
+
+
+def load_preset(name: str) -> dict:
+    if name not in list_presets():
+        raise UserError(f"unknown preset '{name}'; choose one of: {', '.join(list_presets())}")
+    return read_yaml(resources.files("c100.presets") / f"{name}.yaml", "preset")
+
+
+def _coerce(name: str, value, source: str):
+    want = _TYPES[name]
+    if want is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise UserError(f"{source}: '{_flag(name)}' must be true or false, got {value!r}")
+    if want is list:
+        if isinstance(value, str):
+            value = [v for v in value.replace(",", " ").split()]
+        if not isinstance(value, list):
+            raise UserError(f"{source}: '{_flag(name)}' must be a list, got {value!r}")
+        try:
+            return [float(v) for v in value]
+        except (TypeError, ValueError):
+            raise UserError(f"{source}: '{_flag(name)}' must be a list of numbers, got {value!r}") from None
+    try:
+        if want is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return want(float(value)) if want is int and not isinstance(value, bool) else want(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{source}: '{_flag(name)}' must be {want.__name__}, got {value!r}") from None
+
+
+def apply(base: dict, overrides: dict, source: str) -> dict:
+    out = dict(base)
+    for key, value in overrides.items():
+        name = key.replace("-", "_")
+        if name not in FIELDS:
+            raise UserError(f"{source}: unknown config key '{key}'; see `c100 train --help` for the keys")
+        out[name] = _coerce(name, value, source)
+    return out
+
+
+def resolve(preset: str | None, config_file: str | None, flags: dict) -> TrainConfig:
+    """Merge defaults, a preset, a YAML file and flags (later wins), then validate."""
+    values = {k: f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+              for k, f in FIELDS.items()}
+    values["data_dir"] = os.environ.get("CIFAR100_DATA", values["data_dir"])
+    if preset:
+        values = apply(values, load_preset(preset), f"preset {preset}")
+    if config_file:
+        values = apply(values, read_yaml(config_file, "config file"), f"config {config_file}")
+    values = apply(values, {k: v for k, v in flags.items() if v is not None}, "flag")
+    return TrainConfig(**values).validate()
+
+
+def from_dict(values: dict) -> TrainConfig:
+    """Rebuild a config saved in a run (ignoring keys a newer/older version does not know)."""
+    known = {k: v for k, v in values.items() if k in FIELDS}
+    return TrainConfig(**known)
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """One kebab-case flag per config field; unset flags stay None so presets are not overridden."""
+    group = parser.add_argument_group("config (override the preset)")
+    for name, f in FIELDS.items():
+        want = _TYPES[name]
+        kw: dict = {"default": None, "help": f.metadata["help"] + f" [default {f.default!r}]"
+                    if f.default is not dataclasses.MISSING else f.metadata["help"]}
+        if want is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif want is list:
+            kw["nargs"] = "+"
+            kw["type"] = str
+        else:
+            kw["type"] = str  # coerced (with a one-line error) by apply()
+            kw["metavar"] = name.upper() if want is str else want.__name__.upper()
+        group.add_argument(f"--{_flag(name)}", dest=name, **kw)
+
+
+def save_yaml(values: dict, path: Path) -> None:
+    from c100.checkpoint import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(values, sort_keys=False))

@@ -1,0 +1,135 @@
+"""Evaluation of a trained run: top-1, top-5, superclass (fine predictions mapped to their coarse
+class), per-class accuracy; optional horizontal-flip test-time augmentation, reported separately.
+
+The test set is meant to be read once, at the end: training never touches it, and `evaluate` on the
+test split is the only place that loads it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from c100 import UserError, checkpoint, data
+from c100.augment import Normalize
+from c100.config import from_dict
+from c100.device import autocast, select_device
+from c100.models import create_model
+
+
+def resolve_checkpoint(run: str | Path, which: str = "last") -> Path:
+    """A run folder (picks last.pt or best.pt) or a checkpoint file."""
+    p = Path(run)
+    if p.is_dir():
+        ck = p / f"{which}.pt"
+        if not ck.is_file():
+            hint = " (best.pt exists only for runs with a validation split)" if which == "best" else ""
+            raise UserError(f"{ck} not found{hint}; train first or point at another run")
+        return ck
+    if p.is_file():
+        return p
+    raise UserError(f"{run} is neither a run folder nor a checkpoint file; pass a folder written by `c100 train`")
+
+
+def load_model(state: dict, source: str, device: torch.device, use_ema: bool = True) -> nn.Module:
+    arch = state.get("arch") or state["config"].get("model")
+    model = create_model(arch)
+    weights = state["ema"] if use_ema and state.get("ema") is not None else state["model"]
+    checkpoint.load_weights(model, weights, source, arch)
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, norm: Normalize, batch_size: int = 500,
+                   tta_flip: bool = False, precision: str = "fp32", channels_last: bool = False) -> torch.Tensor:
+    """Logits (float32, on CPU) for uint8 images N x 3 x 32 x 32 on the model's device."""
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = norm(images[i:i + batch_size].to(device))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(precision, device):
+            logits = model(x).float()
+            if tta_flip:  # average the probabilities of the image and its mirror
+                logits = (logits.softmax(1) + model(x.flip(3)).float().softmax(1)).div(2).log()
+        out.append(logits.cpu())
+    return torch.cat(out)
+
+
+def metrics(logits: torch.Tensor, fine: np.ndarray, fine_to_coarse: list[int]) -> dict:
+    y = torch.as_tensor(fine)
+    top5 = logits.topk(5, 1).indices
+    pred = top5[:, 0]
+    f2c = torch.as_tensor(fine_to_coarse)
+    per_class = []
+    for c in range(logits.shape[1]):
+        m = y == c
+        per_class.append(round((pred[m] == c).float().mean().item(), 4) if m.any() else None)
+    return {
+        "n": len(y),
+        "top1": (pred == y).float().mean().item(),
+        "top5": (top5 == y[:, None]).any(1).float().mean().item(),
+        "superclass": (f2c[pred] == f2c[y]).float().mean().item(),
+        "loss": torch.nn.functional.cross_entropy(logits, y).item(),
+        "per_class": per_class,
+    }
+
+
+def load_eval_split(cfg, split: str) -> tuple[data.Split, data.Meta]:
+    if split == "test":
+        splits, meta = data.load(cfg.data_dir, cfg.download, splits=("test",))
+        return splits["test"], meta
+    if not cfg.val_size:
+        raise UserError("this run trained on all training images (--val-size 0): it has no validation split")
+    splits, meta = data.load(cfg.data_dir, cfg.download, splits=("train",))
+    _, va = data.stratified_split(splits["train"].fine, cfg.val_size, cfg.seed)
+    return splits["train"].subset(va), meta
+
+
+def evaluate_run(run: str | Path, split: str = "test", which: str = "last", tta: bool = False,
+                 data_dir: str | None = None, device: str = "auto") -> dict:
+    ck = resolve_checkpoint(run, which)
+    state = checkpoint.load(ck)
+    cfg = from_dict(state["config"])
+    if data_dir:
+        cfg.data_dir = data_dir
+    dev = select_device(device)
+    model = load_model(state, str(ck), dev)
+    images, meta = load_eval_split(cfg, split)
+    if meta.fine_names != state.get("classes", meta.fine_names):
+        raise UserError(f"the class names of {cfg.data_dir} differ from those {ck} was trained on; "
+                        f"evaluate on the same data set")
+    norm = Normalize(cfg.normalize, dev)
+    x = torch.from_numpy(images.images)
+    t0 = time.perf_counter()
+    result = {"checkpoint": str(ck), "epoch": state["epoch"], "split": split, "arch": state["arch"],
+              "weights": "ema" if state.get("ema") is not None else "model",
+              **metrics(predict_logits(model, x, norm), images.fine, meta.fine_to_coarse)}
+    if tta:
+        tta_m = metrics(predict_logits(model, x, norm, tta_flip=True), images.fine, meta.fine_to_coarse)
+        result["tta_flip"] = {k: tta_m[k] for k in ("top1", "top5", "superclass", "loss")}
+    result["eval_s"] = round(time.perf_counter() - t0, 3)
+    result["classes"] = meta.fine_names
+    out_dir = ck.parent
+    checkpoint.atomic_write_json(out_dir / f"eval-{split}-{ck.stem}.json", result)
+    return result
+
+
+def format_table(r: dict, worst: int = 5) -> str:
+    lines = [f"{r['split']} set, {r['n']} images, {r['arch']} ({r['weights']} weights, epoch {r['epoch']})",
+             f"  top-1       {r['top1']:.2%}", f"  top-5       {r['top5']:.2%}",
+             f"  superclass  {r['superclass']:.2%}", f"  loss        {r['loss']:.4f}"]
+    if "tta_flip" in r:
+        t = r["tta_flip"]
+        lines.append(f"  with flip TTA: top-1 {t['top1']:.2%}  top-5 {t['top5']:.2%}  superclass {t['superclass']:.2%}")
+    scored = [(a, n) for a, n in zip(r["per_class"], r["classes"], strict=True) if a is not None]
+    if scored:
+        scored.sort()
+        lines.append("  hardest classes: " + ", ".join(f"{n} {a:.0%}" for a, n in scored[:worst]))
+        lines.append("  easiest classes: " + ", ".join(f"{n} {a:.0%}" for a, n in scored[::-1][:worst]))
+    return "\n".join(lines)

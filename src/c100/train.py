@@ -1,0 +1,331 @@
+"""The training loop: optimizer, schedule, precision, compile, EMA, checkpoints, per-epoch metrics.
+
+`train(cfg, run_dir)` runs a new training; `resume(run_dir)` continues a killed one from its last
+checkpoint and ends with the same weights an uninterrupted run would have (same seed, CPU,
+deterministic): batches depend only on (seed, epoch), and the checkpoint holds every other state.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import io
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from c100 import UserError, checkpoint, data
+from c100.augment import AugmentSpec, Normalize, epoch_generator, eval_batches, steps_per_epoch, train_batches
+from c100.config import TrainConfig, apply, from_dict, save_yaml
+from c100.device import autocast, resolve_precision, select_device
+from c100.models import create_model
+
+CSV_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_s", "images_per_s"]
+
+
+@dataclass
+class Tensors:
+    """The data on the training device, ready for batching."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor | None
+    val_y: torch.Tensor | None
+    meta: data.Meta
+
+
+def load_data(cfg: TrainConfig, device: torch.device) -> Tensors:
+    splits, meta = data.load(cfg.data_dir, cfg.download, splits=("train",))
+    full = splits["train"]
+    if cfg.val_size:
+        tr, va = data.stratified_split(full.fine, cfg.val_size, cfg.seed)
+        train, val = full.subset(tr), full.subset(va)
+    else:
+        train, val = full, None
+
+    def put(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+    return Tensors(put(train.images), put(train.fine), put(val.images) if val else None,
+                   put(val.fine) if val else None, meta)
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    # Weight decay on conv/linear weights only: decaying BN scales and biases only hurts.
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    rest = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999), eps=cfg.adam_eps)
+
+
+def lr_factor(cfg: TrainConfig, step: int, total: int, per_epoch: int) -> float:
+    """Multiplier of the peak lr at optimizer step `step` (0-based) of `total`."""
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "inverse-time":  # Keras' legacy `decay`: lr / (1 + decay * iterations)
+        return 1.0 / (1.0 + cfg.lr_decay * step)
+    if cfg.schedule == "multistep":
+        return cfg.gamma ** sum(step >= m * total for m in cfg.milestones)
+    warm = min(cfg.warmup_epochs * per_epoch, total // 4)  # short runs keep most steps for the decay
+    if step < warm:
+        return (step + 1) / (warm + 1)
+    p = (step - warm) / max(1.0, total - warm)
+    if cfg.schedule == "onecycle":  # linear warm-up, then linear decay to zero
+        return 1.0 - p
+    return 0.5 * (1.0 + math.cos(math.pi * p))  # cosine to zero
+
+
+def l2_penalty(params: list[torch.Tensor]) -> torch.Tensor:
+    """sum(w^2) / 2 over all trainable weights, as tf.nn.l2_loss computes it."""
+    return torch.stack([p.float().pow(2).sum() for p in params]).sum() / 2
+
+
+class EMA:
+    """Exponential moving average of the weights; BN statistics are copied, not averaged."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        ema_p = [p for p in self.model.parameters()]
+        cur_p = [p.detach() for p in model.parameters()]
+        torch._foreach_lerp_(ema_p, cur_p, 1.0 - self.decay)
+        for eb, mb in zip(self.model.buffers(), model.buffers(), strict=True):
+            eb.copy_(mb)
+
+
+@torch.no_grad()
+def evaluate_loss_acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
+                      norm: Normalize, device: torch.device) -> tuple[float, float]:
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    for xb, yb in eval_batches(x, y, cfg.eval_batch_size, norm):
+        if cfg.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with autocast(cfg.precision, device):
+            logits = model(xb)
+        loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum")
+        correct += (logits.argmax(1) == yb).sum()
+    model.train(was_training)
+    return loss_sum.item() / len(y), correct.item() / len(y)
+
+
+def write_metrics_csv(history: list[dict], path: Path) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, CSV_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for row in history:
+        w.writerow({k: ("" if row.get(k) is None else row[k]) for k in CSV_FIELDS})
+    checkpoint.atomic_write_text(path, buf.getvalue())
+
+
+class Trainer:
+    """Holds the state of one run; `fit()` trains from state.epoch to cfg.epochs."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, log=print):
+        self.cfg, self.run_dir, self.log = cfg, Path(run_dir), log
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True)
+        self.device = select_device(cfg.device)
+        if cfg.precision == "fp16" and self.device.type != "cuda":
+            raise UserError("--precision fp16 needs a CUDA GPU; on CPU use bf16 or fp32")
+        # The run's config keeps what was asked ("auto"); the trainer uses what it resolves to.
+        self.cfg = cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, self.device))
+        self.data = load_data(cfg, self.device)
+        torch.manual_seed(cfg.seed)  # the initialisation depends on the seed only
+        self.model = create_model(cfg.model).to(self.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(cfg, self.model)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        self.ema = EMA(self.model, cfg.ema) if cfg.ema else None
+        self.norm = Normalize(cfg.normalize, self.device)
+        self.spec = AugmentSpec(cfg.translate, cfg.pad_mode, cfg.flip, cfg.cutout)
+        self.per_epoch = steps_per_epoch(len(self.data.train_y), cfg.batch_size)
+        self.total_steps = self.per_epoch * cfg.epochs
+        self.step, self.epoch, self.history = 0, 0, []
+        self.best_acc, self.best_state = -1.0, None
+        self.l2_params = [p for p in self.model.parameters() if p.requires_grad] if cfg.l2 else []
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+
+    # -- state ----------------------------------------------------------------------------------
+    def state(self, finished: bool) -> dict:
+        meta = self.data.meta
+        return {
+            "format": checkpoint.FORMAT_VERSION,
+            "arch": self.cfg.model,
+            "model": self.model.state_dict(),
+            "ema": self.ema.model.state_dict() if self.ema else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": {"step": self.step, "total_steps": self.total_steps},
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "epoch": self.epoch,
+            "finished": finished,
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "config": self.cfg.to_dict(),
+            "classes": meta.fine_names,
+            "superclasses": meta.coarse_names,
+            "fine_to_coarse": meta.fine_to_coarse,
+            "history": self.history,
+            "best_val_acc": self.best_acc if self.best_acc >= 0 else None,
+        }
+
+    def restore(self, state: dict) -> None:
+        src = str(self.run_dir / "last.pt")
+        checkpoint.load_weights(self.model, state["model"], src, self.cfg.model)
+        if self.ema and state.get("ema") is not None:
+            self.ema.model.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch = state["scheduler"]["step"], state["epoch"]
+        self.history = list(state["history"])
+        self.best_acc = state["best_val_acc"] if state.get("best_val_acc") is not None else -1.0
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"].get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    def save(self, finished: bool) -> None:
+        state = self.state(finished)
+        checkpoint.save(state, self.run_dir / "last.pt")
+        if self.best_state is not None:
+            best = dict(state, model=self.best_state["model"], ema=self.best_state["ema"],
+                        epoch=self.best_state["epoch"], optimizer=None, scaler=None)
+            checkpoint.save(best, self.run_dir / "best.pt")
+            self.best_state = None  # written; keep no second copy in memory
+        write_metrics_csv(self.history, self.run_dir / "metrics.csv")
+
+    # -- loop -----------------------------------------------------------------------------------
+    def set_lr(self) -> float:
+        lr = self.cfg.lr * lr_factor(self.cfg, self.step, self.total_steps, self.per_epoch)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        return lr
+
+    def train_one_epoch(self) -> dict:
+        cfg, dev = self.cfg, self.device
+        self.model.train()
+        gen = epoch_generator(cfg.seed, self.epoch, dev)
+        loss_sum = torch.zeros((), device=dev)
+        correct = torch.zeros((), device=dev, dtype=torch.long)
+        seen = 0
+        batches = train_batches(self.data.train_x, self.data.train_y, cfg.batch_size, self.spec, self.norm, gen)
+        bar = tqdm(batches, total=self.per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=None, file=sys.stderr, dynamic_ncols=True)
+        t0 = time.perf_counter()
+        for x, y in bar:
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            lr = self.set_lr()
+            with autocast(cfg.precision, dev):
+                logits = self.forward(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            total = loss + cfg.l2 * l2_penalty(self.l2_params) if cfg.l2 else loss
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(total).backward()
+            if cfg.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.ema:
+                self.ema.update(self.model)
+            self.step += 1
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+        train_s = time.perf_counter() - t0
+        return {"lr": lr, "train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
+                "train_s": train_s, "images_per_s": seen / train_s}
+
+    def fit(self) -> dict:
+        cfg = self.cfg
+        while self.epoch < cfg.epochs:
+            t0 = time.perf_counter()
+            row = self.train_one_epoch()
+            self.epoch += 1
+            val_loss = val_acc = None
+            if self.data.val_y is not None:
+                judged = self.ema.model if self.ema else self.model
+                val_loss, val_acc = evaluate_loss_acc(judged, self.data.val_x, self.data.val_y, cfg, self.norm,
+                                                      self.device)
+                if val_acc > self.best_acc:
+                    self.best_acc = val_acc
+                    self.best_state = {"model": _clone(self.model), "epoch": self.epoch,
+                                       "ema": _clone(self.ema.model) if self.ema else None}
+            row = {"epoch": self.epoch, **row, "val_loss": val_loss, "val_acc": val_acc,
+                   "epoch_s": time.perf_counter() - t0}
+            self.history.append({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
+            self.save(finished=self.epoch == cfg.epochs)
+            self.log(format_row(row))
+        return self.history[-1] if self.history else {}
+
+
+def _clone(model: nn.Module) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def format_row(r: dict) -> str:
+    val = f"  val loss {r['val_loss']:.3f} acc {r['val_acc']:.2%}" if r.get("val_acc") is not None else ""
+    return (f"epoch {r['epoch']:>3}  lr {r['lr']:.4g}  train loss {r['train_loss']:.3f} acc {r['train_acc']:.2%}"
+            f"{val}  {r['epoch_s']:.1f}s  {r['images_per_s']:.0f} img/s")
+
+
+def _check_fresh(run_dir: Path) -> None:
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise UserError(f"run folder {run_dir} already exists and is not empty; pass another --out, or "
+                        f"--resume {run_dir} to continue it")
+
+
+def train(cfg: TrainConfig, run_dir: Path | str, log=print) -> Trainer:
+    run_dir = Path(run_dir)
+    _check_fresh(run_dir)
+    trainer = Trainer(cfg, run_dir, log)  # loads data first: a bad data dir leaves no folder
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_yaml(trainer.cfg.to_dict(), run_dir / "config.yaml")
+    checkpoint.atomic_write_json(run_dir / "env.json", checkpoint.environment(trainer.device))
+    log(f"training {cfg.model} for {cfg.epochs} epochs on {checkpoint.device_name(trainer.device)} -> {run_dir}")
+    trainer.fit()
+    return trainer
+
+
+def resume(run_dir: Path | str, overrides: dict | None = None, log=print) -> Trainer:
+    """Continue a run from its last.pt. Only where-to-run settings may change on resume."""
+    run_dir = Path(run_dir)
+    state = checkpoint.load(run_dir / "last.pt")
+    if state.get("finished"):
+        raise UserError(f"run {run_dir} already finished all {state['epoch']} epochs; nothing to resume "
+                        f"(start a new run with another --out)")
+    values = dict(state["config"])
+    allowed = {"device", "threads", "data_dir", "download"}
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for k, v in apply({}, given, "flag").items():
+        if k not in allowed:
+            raise UserError(f"--{k.replace('_', '-')} cannot change when resuming (the run's config is fixed); "
+                            f"only --device, --threads, --data-dir may")
+        values[k] = v
+    cfg = from_dict(values).validate()
+    trainer = Trainer(cfg, run_dir, log)
+    trainer.restore(state)
+    log(f"resuming {run_dir} at epoch {trainer.epoch}/{cfg.epochs}")
+    trainer.fit()
+    return trainer
