@@ -44,3 +44,22 @@ def cifar_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
     write_cifar(root)
     return root
+
+
+# A tiny network for the slower tests (resume, schedules): the same code paths as ResNet18
+# (conv, BN with running statistics, linear) at a fraction of the cost.
+import torch.nn as nn  # noqa: E402
+
+from c100.models import register  # noqa: E402
+
+
+@register
+def tiny_net(num_classes: int = 100) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.MaxPool2d(4), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))
+
+
+@pytest.fixture(autouse=True)
+def _any_size(monkeypatch):
+    monkeypatch.setenv("C100_ANY_SIZE", "1")  # synthetic sets are smaller than the real 50k/10k

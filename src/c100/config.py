@@ -158,9 +158,12 @@ def _coerce(name: str, value, source: str):
         except (TypeError, ValueError):
             raise UserError(f"{source}: '{_flag(name)}' must be a list of numbers, got {value!r}") from None
     try:
-        if want is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError
-        return want(float(value)) if want is int and not isinstance(value, bool) else want(value)
+        if want is int:  # accept 5, "5", 5.0 and "5e3"; refuse 2.5
+            number = float(value)
+            if isinstance(value, bool) or not number.is_integer():
+                raise ValueError
+            return int(number)
+        return want(value)
     except (TypeError, ValueError):
         raise UserError(f"{source}: '{_flag(name)}' must be {want.__name__}, got {value!r}") from None
 

@@ -1,0 +1,78 @@
+import pytest
+import torch
+
+from c100 import UserError
+from c100.models import count_parameters, create_model, list_models
+from c100.models.seed import same_pad
+
+
+def _resnet_params(layers, classes=100):
+    """Count a CIFAR ResNet's parameters from its shape: convs without bias, BN scale+shift, fc."""
+    total = 3 * 64 * 9 + 2 * 64  # stem conv + BN
+    cin = 64
+    for planes, blocks in zip([64, 128, 256, 512], layers, strict=True):
+        for _ in range(blocks):
+            total += cin * planes * 9 + planes * planes * 9 + 4 * planes
+            if cin != planes:
+                total += cin * planes + 2 * planes  # 1x1 projection + BN
+            cin = planes
+    return total + 512 * classes + classes
+
+
+def _seed_params(classes=100):
+    total = 3 * 64 * 9 + 64 + 2 * 64  # biased stem conv + BN
+    cin = 64
+    for planes, stride in [(64, 1), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1)]:
+        total += (cin * 9 + 1) * planes + (planes * 9 + 1) * planes + 4 * planes  # biased convs + 2 BN
+        if stride == 2:
+            total += (cin + 1) * planes + 2 * planes
+        cin = planes
+    return total + 512 * classes + classes
+
+
+def _vgg16_params(classes=100):
+    cfg = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
+    total, cin = 0, 3
+    for v in cfg:
+        total += cin * v * 9 + 2 * v
+        cin = v
+    return total + 512 * classes + classes
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("resnet18", 11_220_132), ("resnet34", 21_328_292), ("vgg16", _vgg16_params()), ("resnet18-seed", _seed_params()),
+])
+def test_parameter_counts(name, expected):
+    assert count_parameters(create_model(name)) == expected
+
+
+def test_formula_matches_the_published_resnet_counts():
+    assert _resnet_params([2, 2, 2, 2]) == 11_220_132 and _resnet_params([3, 4, 6, 3]) == 21_328_292
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if n != "tiny-net"])
+def test_forward_backward(name):
+    torch.manual_seed(0)
+    model = create_model(name)
+    x = torch.randn(2, 3, 32, 32)
+    out = model(x)
+    assert out.shape == (2, 100) and torch.isfinite(out).all()
+    out.logsumexp(1).mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_seed_model_shapes_follow_keras_same_padding():
+    assert same_pad(30, 3, 2) == (0, 1)  # TF pads after, not before, for stride 2 on an even size
+    assert same_pad(15, 3, 2) == (1, 1)
+    assert same_pad(30, 1, 2) == (0, 0)
+    model = create_model("resnet18-seed")
+    sizes = []
+    model.blocks.register_forward_hook(lambda m, i, o: sizes.append(o.shape[-1]))
+    model.stem.register_forward_hook(lambda m, i, o: sizes.append(o.shape[-1]))
+    model(torch.randn(1, 3, 32, 32))
+    assert sizes == [30, 4]  # valid stem 32 -> 30; then 30 -> 15 -> 8 -> 4
+
+
+def test_unknown_model():
+    with pytest.raises(UserError, match="unknown model 'resnet19'; choose one of: .*resnet18"):
+        create_model("resnet19")

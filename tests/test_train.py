@@ -1,0 +1,149 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from c100 import UserError, checkpoint
+from c100.cli import main
+from c100.config import resolve
+from c100.train import l2_penalty, lr_factor, resume, train
+from conftest import write_cifar
+
+
+def _cfg(cifar_dir, **kw):
+    flags = {"model": "tiny-net", "data_dir": str(cifar_dir), "val_size": "100", "epochs": "3",
+             "batch_size": "64", "precision": "fp32", "download": False, "threads": "2"}
+    flags.update(kw)
+    return resolve("default", None, flags)
+
+
+def test_lr_schedules():
+    cfg = resolve("default", None, {"epochs": "10", "warmup_epochs": "1", "schedule": "onecycle"})
+    f = [lr_factor(cfg, s, 100, 10) for s in range(100)]
+    assert f[0] == pytest.approx(1 / 11) and f[10] == pytest.approx(1.0) and max(f) == 1.0
+    assert f[55] == pytest.approx(0.5) and f[99] == pytest.approx(1 / 90)
+    cfg = resolve("default", None, {"schedule": "cosine", "warmup_epochs": "0"})
+    assert lr_factor(cfg, 0, 100, 10) == 1.0 and lr_factor(cfg, 50, 100, 10) == pytest.approx(0.5)
+    cfg = resolve("seed", None, {})
+    assert lr_factor(cfg, 250, 1000, 10) == pytest.approx(1 / (1 + 0.004 * 250))  # Keras' inverse-time decay
+    cfg = resolve("default", None, {"schedule": "multistep", "milestones": ["0.5", "0.75"], "gamma": "0.1"})
+    assert [lr_factor(cfg, s, 100, 10) for s in (49, 50, 74, 75)] == pytest.approx([1, 0.1, 0.1, 0.01])
+    cfg = resolve("default", None, {"epochs": "2", "warmup_epochs": "5"})
+    assert lr_factor(cfg, 99, 100, 50) < 0.05  # a warm-up longer than the run is capped: it still decays
+
+
+def test_l2_penalty_matches_tf_l2_loss():
+    params = [torch.tensor([1.0, 2.0]), torch.tensor([[3.0]])]
+    assert l2_penalty(params).item() == pytest.approx((1 + 4 + 9) / 2)
+
+
+def test_resumed_run_equals_straight_run(cifar_dir, tmp_path):
+    kw = {"ema": "0.9", "label_smoothing": "0.1", "cutout": "8", "l2": "1e-4", "grad_clip": "5"}
+    straight = train(_cfg(cifar_dir, **kw), tmp_path / "straight", log=lambda *_: None)
+
+    def killer(line):  # stop the second run right after epoch 2 is saved, as a kill would
+        if line.startswith("epoch   2"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(cifar_dir, **kw), tmp_path / "killed", log=killer)
+    assert checkpoint.load(tmp_path / "killed" / "last.pt")["epoch"] == 2
+    resumed = resume(tmp_path / "killed", log=lambda *_: None)
+    for name in ("model", "ema"):
+        a = getattr(straight, name) if name == "model" else straight.ema.model
+        b = getattr(resumed, name) if name == "model" else resumed.ema.model
+        for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+            assert torch.equal(va, vb), f"{name}.{k} differs after resume"
+    strip = [{k: v for k, v in r.items() if k not in ("epoch_s", "train_s", "images_per_s")}
+             for r in straight.history]
+    assert strip == [{k: v for k, v in r.items() if k not in ("epoch_s", "train_s", "images_per_s")}
+                     for r in resumed.history]
+    csv_rows = (tmp_path / "killed" / "metrics.csv").read_text().strip().splitlines()
+    assert len(csv_rows) == 4 and csv_rows[0].startswith("epoch,lr,train_loss")
+    with pytest.raises(UserError, match="already finished all 3 epochs; nothing to resume"):
+        resume(tmp_path / "killed")
+
+
+def test_checkpoint_contract(cifar_dir, tmp_path):
+    train(_cfg(cifar_dir, epochs="1", ema="0.5"), tmp_path / "run", log=lambda *_: None)
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(tmp_path / "run" / name, weights_only=True)  # plain tensors and values only
+        assert state["arch"] == "tiny-net" and state["epoch"] == 1 and len(state["classes"]) == 100
+        assert len(state["fine_to_coarse"]) == 100 and state["config"]["model"] == "tiny-net"
+        assert not any(k.startswith(("module.", "_orig_mod.")) for k in state["model"])
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert {"optimizer", "scheduler", "ema", "rng", "history", "scaler"} <= set(last)
+    assert last["finished"] and last["scheduler"]["step"] == 14
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        "best.pt", "config.yaml", "env.json", "last.pt", "metrics.csv"]
+
+
+def test_cli_train_and_evaluate_resnet18(tmp_path, capsys):
+    write_cifar(tmp_path / "data", 200, 100)
+    run = tmp_path / "r18"
+    rc = main(["train", "--data-dir", str(tmp_path / "data"), "--out", str(run), "--epochs", "1", "--val-size",
+               "100", "--batch-size", "50", "--no-download"])
+    assert rc == 0
+    assert "epoch   1" in capsys.readouterr().out
+    rc = main(["evaluate", str(run), "--tta"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "test set, 100 images, resnet18" in out and "with flip TTA" in out
+    import json
+
+    r = json.loads((run / "eval-test-last.json").read_text())
+    assert 0 <= r["top1"] <= r["top5"] <= 1 and r["top1"] <= r["superclass"] and r["n"] == 100
+    assert len(r["per_class"]) == 100 and "tta_flip" in r
+
+
+def test_cli_errors_are_one_line(cifar_dir, tmp_path, capsys):
+    train(_cfg(cifar_dir, epochs="1"), tmp_path / "run", log=lambda *_: None)
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    cases = [
+        (["train", "--out", str(tmp_path / "run"), "--data-dir", str(cifar_dir)], "already exists and is not empty"),
+        (["train", "--preset", "nope"], "unknown preset 'nope'"),
+        (["train", "--model", "resnet99", "--out", str(tmp_path / "x")], "unknown model 'resnet99'"),
+        (["train", "--resume", str(tmp_path / "run")], "already finished all 1 epochs"),
+        (["train", "--resume", str(tmp_path / "nothing")], "not found"),
+        (["evaluate", str(tmp_path / "nothing")], "neither a run folder nor a checkpoint"),
+        (["train", "--data-dir", str(tmp_path / "empty"), "--no-download", "--out", str(tmp_path / "y")],
+         "CIFAR-100 not found"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err and err.startswith("c100: error:"), (argv, err)
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before  # nothing overwritten
+    assert not (tmp_path / "y").exists() and not (tmp_path / "x").exists()
+
+
+def test_checkpoint_of_another_model(cifar_dir, tmp_path):
+    train(_cfg(cifar_dir, epochs="1"), tmp_path / "run", log=lambda *_: None)
+    state = checkpoint.load(tmp_path / "run" / "last.pt")
+    state["arch"] = "resnet18"  # claims to be a ResNet18 but holds tiny-net weights
+    checkpoint.save(state, tmp_path / "wrong.pt")
+    with pytest.raises(UserError, match="does not fit model 'resnet18'"):
+        from c100.evaluate import evaluate_run
+
+        evaluate_run(tmp_path / "wrong.pt")
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="is not a readable c100 checkpoint"):
+        checkpoint.load(tmp_path / "bad.pt")
+
+
+def test_resume_refuses_config_changes(cifar_dir, tmp_path):
+    def killer(line):
+        if line.startswith("epoch   1"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(cifar_dir, epochs="2"), tmp_path / "run", log=killer)
+    with pytest.raises(UserError, match="--lr cannot change when resuming"):
+        resume(tmp_path / "run", {"lr": "0.5"})
+
+
+def test_python_m_entry_point_and_no_traceback():
+    r = subprocess.run([sys.executable, "-m", "c100", "train", "--epochs", "-1"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip() == "c100: error: --epochs must be positive, got -1"
+    r = subprocess.run([sys.executable, "-m", "c100", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "train" in r.stdout and "evaluate" in r.stdout
