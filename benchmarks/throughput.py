@@ -89,6 +89,7 @@ def main() -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": checkpoint.device_name(dev),
         "torch": torch.__version__,
+        "git": checkpoint.git_revision(),
         "model": args.model, "batch_size": args.batch_size, "precision": prec,
         "channels_last": cfg.channels_last, "steps_per_round": args.steps,
         "rounds": rows,
