@@ -147,3 +147,16 @@ def test_python_m_entry_point_and_no_traceback():
     assert r.returncode == 2 and r.stderr.strip() == "c100: error: --epochs must be positive, got -1"
     r = subprocess.run([sys.executable, "-m", "c100", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "train" in r.stdout and "evaluate" in r.stdout
+
+
+def test_plot_curves(cifar_dir, tmp_path, capsys):
+    train(_cfg(cifar_dir, epochs="2"), tmp_path / "run", log=lambda *_: None)
+    assert main(["plot", str(tmp_path / "run")]) == 0
+    png, svg = (tmp_path / "run" / "curves.png"), (tmp_path / "run" / "curves.svg")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and b"<svg" in svg.read_bytes()[:1000]
+    import struct
+
+    width, height = struct.unpack(">II", png.read_bytes()[16:24])
+    assert (width, height) == (1680, 504)
+    assert main(["plot", str(tmp_path / "nothing")]) == 2
+    assert "metrics.csv not found" in capsys.readouterr().err

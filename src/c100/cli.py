@@ -32,6 +32,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from c100.plots import plot_curves
+
+    for path in plot_curves(args.run, args.out):
+        print(path)
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from c100.models import count_parameters, create_model, list_models
 
@@ -75,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-dir", help="where cifar-100-python/ is (default: the run's)")
     e.add_argument("--device", default="auto", help="auto | cpu | cuda")
     e.set_defaults(fn=cmd_evaluate)
+
+    pl = sub.add_parser("plot", help="draw a run's accuracy, loss and learning-rate curves (PNG + SVG)")
+    pl.add_argument("run", help="run folder")
+    pl.add_argument("--out", help="output path without extension (default RUN/curves)")
+    pl.set_defaults(fn=cmd_plot)
 
     sub.add_parser("models", help="list the registered models").set_defaults(fn=cmd_models)
     sub.add_parser("presets", help="list the shipped presets").set_defaults(fn=cmd_presets)

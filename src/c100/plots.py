@@ -1,0 +1,89 @@
+"""Training curves from a run's metrics.csv: accuracy and loss (train vs validation) and the learning
+rate, in one figure, written as PNG and SVG."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from c100 import UserError
+from c100.checkpoint import atomic_write_bytes
+
+TRAIN, VAL, LR = "#1f77b4", "#d62728", "#2ca02c"
+
+
+def read_metrics(run: Path) -> dict[str, list[float | None]]:
+    path = Path(run) / "metrics.csv"
+    if not path.is_file():
+        raise UserError(f"{path} not found; pass a run folder written by `c100 train`")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise UserError(f"{path} has no epochs yet; plot again after the first epoch")
+    try:
+        return {k: [float(r[k]) if r.get(k) not in (None, "") else None for r in rows] for k in rows[0]}
+    except ValueError:
+        raise UserError(f"{path} holds non-numeric values; it is not a c100 metrics file") from None
+
+
+def _figure(m: dict, title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = m["epoch"]
+    has_val = any(v is not None for v in m.get("val_acc", []))
+    fig, (ax_acc, ax_loss, ax_lr) = plt.subplots(1, 3, figsize=(14, 4.2), constrained_layout=True)
+    ax_acc.plot(ep, [100 * a for a in m["train_acc"]], color=TRAIN, label="train (augmented)")
+    ax_loss.plot(ep, m["train_loss"], color=TRAIN, label="train (augmented)")
+    if has_val:
+        val = [100 * a for a in m["val_acc"]]
+        ax_acc.plot(ep, val, color=VAL, label="validation")
+        ax_loss.plot(ep, m["val_loss"], color=VAL, label="validation")
+        best = max(range(len(val)), key=val.__getitem__)
+        ax_acc.scatter([ep[best]], [val[best]], color=VAL, zorder=3)
+        right = best >= len(val) / 2  # keep the label inside the axes
+        ax_acc.annotate(f"best {val[best]:.2f}% (epoch {ep[best]:.0f})", (ep[best], val[best]),
+                        textcoords="offset points", xytext=(-8 if right else 8, 8), ha="right" if right else "left",
+                        fontsize=9, color=VAL)
+    ax_acc.set(title="Accuracy", xlabel="epoch", ylabel="top-1 accuracy (%)")
+    ax_loss.set(title="Loss (cross-entropy)", xlabel="epoch", ylabel="loss")
+    ax_lr.plot(ep, m["lr"], color=LR)
+    ax_lr.set(title="Learning rate (end of epoch)", xlabel="epoch", ylabel="lr")
+    for ax in (ax_acc, ax_loss, ax_lr):
+        ax.grid(alpha=0.3)
+        if len(ep) < 12:
+            ax.set_xticks(ep)
+    ax_acc.legend(loc="lower right")
+    ax_loss.legend(loc="upper right")
+    fig.suptitle(title, fontsize=12)
+    return fig
+
+
+def plot_curves(run: Path | str, out: Path | str | None = None) -> list[Path]:
+    """Draw RUN/metrics.csv to RUN/curves.png and RUN/curves.svg (or OUT.png / OUT.svg)."""
+    run = Path(run)
+    m = read_metrics(run)
+    title = run.resolve().name
+    cfg_path = run / "config.yaml"
+    if cfg_path.is_file():
+        import yaml
+
+        cfg = yaml.safe_load(cfg_path.read_text()) or {}
+        title += f": {cfg.get('model', '?')}, {cfg.get('optimizer', '?')} lr {cfg.get('lr', '?')}, " \
+                 f"batch {cfg.get('batch_size', '?')}, {len(m['epoch'])}/{cfg.get('epochs', '?')} epochs"
+    fig = _figure(m, title)
+    stem = Path(out) if out else run / "curves"
+    paths = []
+    for fmt in ("png", "svg"):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=120)
+        path = stem.with_suffix(f".{fmt}")
+        atomic_write_bytes(path, buf.getvalue())
+        paths.append(path)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return paths
