@@ -40,6 +40,23 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from c100.predict import Predictor, expand_inputs, format_results
+
+    files = expand_inputs(args.inputs, args.recursive)
+    results = Predictor(args.checkpoint, args.device, args.which).predict(files, args.top_k, args.batch_size)
+    if args.json:
+        print(json.dumps([{"file": r.file, "top": r.top, "error": r.error} for r in results], indent=2))
+    else:
+        print(format_results(results))
+    failed = [r for r in results if r.error]
+    for r in failed:
+        print(f"c100: error: {r.file}: {r.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from c100.models import count_parameters, create_model, list_models
 
@@ -88,6 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("run", help="run folder")
     pl.add_argument("--out", help="output path without extension (default RUN/curves)")
     pl.set_defaults(fn=cmd_plot)
+
+    pr = sub.add_parser("predict", help="top-k labels for image files or folders of images")
+    pr.add_argument("inputs", nargs="+", metavar="IMAGE|DIR", help="image files (any format Pillow reads) or folders")
+    pr.add_argument("--checkpoint", "-c", required=True, help="run folder or checkpoint file")
+    pr.add_argument("--which", choices=["last", "best"], default="last", help="which checkpoint of a run folder")
+    pr.add_argument("--top-k", type=int, default=5)
+    pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    pr.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    pr.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
+    pr.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    pr.set_defaults(fn=cmd_predict)
 
     sub.add_parser("models", help="list the registered models").set_defaults(fn=cmd_models)
     sub.add_parser("presets", help="list the shipped presets").set_defaults(fn=cmd_presets)
