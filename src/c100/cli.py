@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from c100 import UserError, __version__
 
@@ -55,6 +56,38 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for r in failed:
         print(f"c100: error: {r.file}: {r.error}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def cmd_mosaic(args: argparse.Namespace) -> int:
+    from c100.evaluate import load_predictions
+    from c100.mosaic import draw_mosaic, parse_classes, save_png
+
+    p = load_predictions(args.run, args.split, args.which, args.data_dir, args.device)
+    img = draw_mosaic(p, parse_classes(args.classes, p.meta.fine_names), args.per_row, args.scale)
+    out = Path(args.out) if args.out else Path(args.run) / f"mosaic-{args.split}.png"
+    print(f"{save_png(img, out)}  ({img.width}x{img.height} px, {out.stat().st_size / 1e3:.0f} kB)")
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from c100.analysis import analyze, pairs_markdown
+    from c100.evaluate import load_predictions
+
+    p = load_predictions(args.run, args.split, args.which, args.data_dir, args.device)
+    out = Path(args.out) if args.out else Path(args.run) / f"analysis-{args.split}"
+    s = analyze(p, out)
+    print(f"{args.split}: top-1 {s['top1']:.2%}, expected calibration error {s['ece']:.2%}")
+    print(pairs_markdown(s["confused_pairs"][:10]))
+    print(f"pictures in {out}/: " + ", ".join(s["files"].values()))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from c100.report import build_report
+
+    for path in build_report(args.run, args.split, args.which, args.data_dir, args.device):
+        print(path)
+    return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -116,6 +149,30 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
     pr.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     pr.set_defaults(fn=cmd_predict)
+
+    def picture_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("run", help="run folder")
+        sp.add_argument("--split", choices=["test", "val"], default="test")
+        sp.add_argument("--which", choices=["last", "best"], default="last", help="which checkpoint")
+        sp.add_argument("--data-dir", help="where cifar-100-python/ is (default: the run's)")
+        sp.add_argument("--device", default="auto", help="auto | cpu | cuda")
+
+    mo = sub.add_parser("mosaic", help="one PNG of the images grouped by predicted class (green right, red wrong)")
+    picture_args(mo)
+    mo.add_argument("--per-row", type=int, default=24, help="images per class row (a seeded sample)")
+    mo.add_argument("--scale", type=int, default=2, help="pixels per image pixel")
+    mo.add_argument("--classes", help="subset: names or index ranges, e.g. 'apple,bus' or '0-19'")
+    mo.add_argument("--out", help="PNG path (default RUN/mosaic-SPLIT.png)")
+    mo.set_defaults(fn=cmd_mosaic)
+
+    an = sub.add_parser("analyze", help="confusion, confused pairs, per-class accuracy, calibration, mistakes")
+    picture_args(an)
+    an.add_argument("--out", help="folder (default RUN/analysis-SPLIT)")
+    an.set_defaults(fn=cmd_analyze)
+
+    rp = sub.add_parser("report", help="a Markdown file and a self-contained HTML page for a run")
+    picture_args(rp)
+    rp.set_defaults(fn=cmd_report)
 
     sub.add_parser("models", help="list the registered models").set_defaults(fn=cmd_models)
     sub.add_parser("presets", help="list the shipped presets").set_defaults(fn=cmd_presets)

@@ -7,7 +7,10 @@ test split is the only place that loads it.
 
 from __future__ import annotations
 
+import io
+import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +96,8 @@ def load_eval_split(cfg, split: str) -> tuple[data.Split, data.Meta]:
 
 def evaluate_run(run: str | Path, split: str = "test", which: str = "last", tta: bool = False,
                  data_dir: str | None = None, device: str = "auto") -> dict:
+    """Evaluate a run's checkpoint on a split; writes eval-SPLIT-WHICH.json and the logits
+    (pred-SPLIT-WHICH.npz, read by the pictures and the report) next to the checkpoint."""
     ck = resolve_checkpoint(run, which)
     state = checkpoint.load(ck)
     cfg = from_dict(state["config"])
@@ -107,17 +112,53 @@ def evaluate_run(run: str | Path, split: str = "test", which: str = "last", tta:
     norm = Normalize(cfg.normalize, dev)
     x = torch.from_numpy(images.images)
     t0 = time.perf_counter()
+    logits = predict_logits(model, x, norm)
     result = {"checkpoint": str(ck), "epoch": state["epoch"], "split": split, "arch": state["arch"],
               "weights": "ema" if state.get("ema") is not None else "model",
-              **metrics(predict_logits(model, x, norm), images.fine, meta.fine_to_coarse)}
+              **metrics(logits, images.fine, meta.fine_to_coarse)}
     if tta:
         tta_m = metrics(predict_logits(model, x, norm, tta_flip=True), images.fine, meta.fine_to_coarse)
         result["tta_flip"] = {k: tta_m[k] for k in ("top1", "top5", "superclass", "loss")}
     result["eval_s"] = round(time.perf_counter() - t0, 3)
     result["classes"] = meta.fine_names
-    out_dir = ck.parent
-    checkpoint.atomic_write_json(out_dir / f"eval-{split}-{ck.stem}.json", result)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, logits=logits.numpy(), fine=images.fine)
+    checkpoint.atomic_write_bytes(ck.parent / f"pred-{split}-{ck.stem}.npz", buf.getvalue())
+    checkpoint.atomic_write_json(ck.parent / f"eval-{split}-{ck.stem}.json", result)
     return result
+
+
+@dataclass
+class Predictions:
+    """A split's images and labels with a model's logits: what the pictures and the report draw."""
+
+    split: data.Split
+    logits: torch.Tensor
+    meta: data.Meta
+    result: dict  # the eval JSON
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return self.logits.softmax(1)
+
+
+def load_predictions(run: str | Path, split: str = "test", which: str = "last", data_dir: str | None = None,
+                     device: str = "auto") -> Predictions:
+    """The logits saved by `evaluate` (computed now if absent or older than the checkpoint)."""
+    ck = resolve_checkpoint(run, which)
+    cache, js = ck.parent / f"pred-{split}-{ck.stem}.npz", ck.parent / f"eval-{split}-{ck.stem}.json"
+    if not (cache.is_file() and js.is_file() and cache.stat().st_mtime >= ck.stat().st_mtime):
+        evaluate_run(run, split, which, False, data_dir, device)
+    state = checkpoint.load(ck)
+    cfg = from_dict(state["config"])
+    if data_dir:
+        cfg.data_dir = data_dir
+    images, meta = load_eval_split(cfg, split)
+    with np.load(cache) as z:
+        logits, fine = torch.from_numpy(z["logits"]), z["fine"]
+    if not np.array_equal(fine, images.fine):
+        raise UserError(f"{cache} was computed on other data than {cfg.data_dir}; delete it and run again")
+    return Predictions(images, logits, meta, json.loads(js.read_text()))
 
 
 def format_table(r: dict, worst: int = 5) -> str:
