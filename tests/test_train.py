@@ -104,7 +104,7 @@ def test_cli_errors_are_one_line(cifar_dir, tmp_path, capsys):
         (["train", "--preset", "nope"], "unknown preset 'nope'"),
         (["train", "--model", "resnet99", "--out", str(tmp_path / "x")], "unknown model 'resnet99'"),
         (["train", "--resume", str(tmp_path / "run")], "already finished all 1 epochs"),
-        (["train", "--resume", str(tmp_path / "nothing")], "not found"),
+        (["train", "--resume", str(tmp_path / "nothing")], "nothing to resume in"),
         (["evaluate", str(tmp_path / "nothing")], "neither a run folder nor a checkpoint"),
         (["train", "--data-dir", str(tmp_path / "empty"), "--no-download", "--out", str(tmp_path / "y")],
          "CIFAR-100 not found"),

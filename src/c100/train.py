@@ -206,12 +206,14 @@ class Trainer:
 
     def save(self, finished: bool) -> None:
         state = self.state(finished)
-        checkpoint.save(state, self.run_dir / "last.pt")
+        # best before last: a kill in between leaves last.pt one epoch behind, and replaying that
+        # epoch deterministically rewrites the same best.pt.
         if self.best_state is not None:
             best = dict(state, model=self.best_state["model"], ema=self.best_state["ema"],
                         epoch=self.best_state["epoch"], optimizer=None, scaler=None)
             checkpoint.save(best, self.run_dir / "best.pt")
             self.best_state = None  # written; keep no second copy in memory
+        checkpoint.save(state, self.run_dir / "last.pt")
         write_metrics_csv(self.history, self.run_dir / "metrics.csv")
 
     # -- loop -----------------------------------------------------------------------------------
@@ -311,6 +313,9 @@ def train(cfg: TrainConfig, run_dir: Path | str, log=print) -> Trainer:
 def resume(run_dir: Path | str, overrides: dict | None = None, log=print) -> Trainer:
     """Continue a run from its last.pt. Only where-to-run settings may change on resume."""
     run_dir = Path(run_dir)
+    if not (run_dir / "last.pt").is_file():
+        raise UserError(f"nothing to resume in {run_dir}: no last.pt (a run saves it after its first epoch); "
+                        f"start a new run with --out")
     state = checkpoint.load(run_dir / "last.pt")
     if state.get("finished"):
         raise UserError(f"run {run_dir} already finished all {state['epoch']} epochs; nothing to resume "
