@@ -7,21 +7,7 @@ import pytest
 from PIL import Image
 
 from c100.cli import main
-from c100.config import resolve
 from c100.predict import load_image
-from c100.train import train
-
-
-@pytest.fixture(scope="module")
-def run(cifar_dir, tmp_path_factory):
-    import os
-
-    os.environ["C100_ANY_SIZE"] = "1"
-    cfg = resolve("default", None, {"model": "tiny-net", "data_dir": str(cifar_dir), "val_size": "100", "epochs": "1",
-                                    "batch_size": "64", "precision": "fp32", "download": False})
-    path = tmp_path_factory.mktemp("runs") / "tiny"
-    train(cfg, path, log=lambda *_: None)
-    return path
 
 
 def _huge_png(path, w=100_000, h=100_000):
@@ -87,13 +73,13 @@ def test_truncated_png(tmp_path):
         load_image(tmp_path / "t.png")
 
 
-def test_cli_predict_folder_json_and_exit_code(run, tmp_path, capsys):
+def test_cli_predict_folder_json_and_exit_code(tiny_run, tmp_path, capsys):
     d = tmp_path / "imgs"
     d.mkdir()
     for i in range(3):
         Image.fromarray(np.full((50, 50, 3), 40 * i, np.uint8)).save(d / f"ok{i}.png")
     (d / "notes.txt").write_text("ignored: not an image suffix")
-    assert main(["predict", str(d), "-c", str(run), "--json", "--top-k", "3"]) == 0
+    assert main(["predict", str(d), "-c", str(tiny_run), "--json", "--top-k", "3"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [Path_name(r["file"]) for r in out] == ["ok0.png", "ok1.png", "ok2.png"]
     for r in out:
@@ -103,7 +89,7 @@ def test_cli_predict_folder_json_and_exit_code(run, tmp_path, capsys):
         assert r["top"][0]["label"].startswith("class_") and r["top"][0]["superclass"].startswith("super_")
 
     (d / "broken.png").write_text("not really a png")
-    rc = main(["predict", str(d), str(tmp_path / "missing.jpg"), "-c", str(run)])
+    rc = main(["predict", str(d), str(tmp_path / "missing.jpg"), "-c", str(tiny_run)])
     captured = capsys.readouterr()
     assert rc == 1
     rows = captured.out.strip().splitlines()[1:]
@@ -113,12 +99,12 @@ def test_cli_predict_folder_json_and_exit_code(run, tmp_path, capsys):
     assert len(err) == 2 and "broken.png: not an image" in err[0] and "missing.jpg: no such file" in err[1]
 
 
-def test_cli_predict_usage_errors(run, tmp_path, capsys):
+def test_cli_predict_usage_errors(tiny_run, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert main(["predict", str(tmp_path / "empty"), "-c", str(run)]) == 2
+    assert main(["predict", str(tmp_path / "empty"), "-c", str(tiny_run)]) == 2
     assert "holds no image files" in capsys.readouterr().err
     assert main(["predict", "x.png", "-c", str(tmp_path / "nope")]) == 2
-    assert "neither a run folder nor a checkpoint" in capsys.readouterr().err
+    assert "neither a tiny_run folder nor a checkpoint" in capsys.readouterr().err
 
 
 def Path_name(s):  # noqa: N802

@@ -147,7 +147,7 @@ class Trainer:
         self.device = select_device(cfg.device)
         if cfg.precision == "fp16" and self.device.type != "cuda":
             raise UserError("--precision fp16 needs a CUDA GPU; on CPU use bf16 or fp32")
-        # The run's config keeps what was asked ("auto"); the trainer uses what it resolves to.
+        # "auto" resolves here; the run records the precision it really used.
         self.cfg = cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, self.device))
         self.data = load_data(cfg, self.device)
         torch.manual_seed(cfg.seed)  # the initialisation depends on the seed only
