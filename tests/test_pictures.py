@@ -73,4 +73,4 @@ def test_analyze_and_report(tiny_run, capsys):
     srcs = re.findall(r"src='([^']+)'", page)
     assert len(srcs) == len(refs) and all(s.startswith("data:image/png;base64,") for s in srcs)  # self-contained
     assert main(["report", str(tiny_run / "nothing")]) == 2
-    assert "not a tiny_run folder" in capsys.readouterr().err
+    assert "not a run folder" in capsys.readouterr().err

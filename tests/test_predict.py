@@ -104,7 +104,7 @@ def test_cli_predict_usage_errors(tiny_run, tmp_path, capsys):
     assert main(["predict", str(tmp_path / "empty"), "-c", str(tiny_run)]) == 2
     assert "holds no image files" in capsys.readouterr().err
     assert main(["predict", "x.png", "-c", str(tmp_path / "nope")]) == 2
-    assert "neither a tiny_run folder nor a checkpoint" in capsys.readouterr().err
+    assert "neither a run folder nor a checkpoint" in capsys.readouterr().err
 
 
 def Path_name(s):  # noqa: N802
