@@ -46,8 +46,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from c100.predict import Predictor, expand_inputs, format_results
 
+    if bool(args.checkpoint) == bool(args.weights):
+        raise UserError("pass exactly one of --checkpoint RUN and --weights FILE")
     files = expand_inputs(args.inputs, args.recursive)
-    results = Predictor(args.checkpoint, args.device, args.which).predict(files, args.top_k, args.batch_size)
+    predictor = (Predictor.from_checkpoint(args.checkpoint, args.device, args.which) if args.checkpoint
+                 else Predictor.from_export(args.weights, args.device))
+    results = predictor.predict(files, args.top_k, args.batch_size)
     if args.json:
         print(json.dumps([{"file": r.file, "top": r.top, "error": r.error} for r in results], indent=2))
     else:
@@ -87,6 +91,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     for path in build_report(args.run, args.split, args.which, args.data_dir, args.device):
         print(path)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from c100.export import export_run
+
+    path, side = export_run(args.run, args.format, args.which, args.out, args.half)
+    print(f"{path}  ({path.stat().st_size / 1e6:.1f} MB)\n{side}")
     return 0
 
 
@@ -141,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="top-k labels for image files or folders of images")
     pr.add_argument("inputs", nargs="+", metavar="IMAGE|DIR", help="image files (any format Pillow reads) or folders")
-    pr.add_argument("--checkpoint", "-c", required=True, help="run folder or checkpoint file")
+    pr.add_argument("--checkpoint", "-c", help="run folder or checkpoint file")
+    pr.add_argument("--weights", "-w", help="a .safetensors or .onnx file written by `c100 export`")
     pr.add_argument("--which", choices=["last", "best"], default="last", help="which checkpoint of a run folder")
     pr.add_argument("--top-k", type=int, default=5)
     pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -173,6 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="a Markdown file and a self-contained HTML page for a run")
     picture_args(rp)
     rp.set_defaults(fn=cmd_report)
+
+    ex = sub.add_parser("export", help="weights as safetensors or the network as ONNX, with a JSON sidecar")
+    ex.add_argument("run", help="run folder or checkpoint file")
+    ex.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors")
+    ex.add_argument("--which", choices=["last", "best"], default="last", help="which checkpoint of a run folder")
+    ex.add_argument("--half", action="store_true", help="safetensors in fp16 (half the size)")
+    ex.add_argument("--out", help="output file (default RUN/ARCH-WHICH.FORMAT)")
+    ex.set_defaults(fn=cmd_export)
 
     sub.add_parser("models", help="list the registered models").set_defaults(fn=cmd_models)
     sub.add_parser("presets", help="list the shipped presets").set_defaults(fn=cmd_presets)

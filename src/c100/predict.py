@@ -94,19 +94,44 @@ def expand_inputs(inputs: list[str], recursive: bool = False) -> list[Path]:
 
 
 class Predictor:
-    def __init__(self, source: str | Path, device: str = "cpu", which: str = "last"):
+    """Top-k labels from uint8 images, whatever runs the network (a checkpoint, safetensors, ONNX)."""
+
+    def __init__(self, logits_fn, classes: list[str], superclasses: list[str], fine_to_coarse: list[int]):
+        self.logits = logits_fn  # uint8 N x 3 x 32 x 32 numpy -> float logits torch tensor
+        self.classes, self.superclasses, self.fine_to_coarse = classes, superclasses, fine_to_coarse
+
+    @classmethod
+    def from_checkpoint(cls, source: str | Path, device: str = "cpu", which: str = "last") -> Predictor:
         ck = resolve_checkpoint(source, which)
         state = checkpoint.load(ck)
-        self.cfg = from_dict(state["config"])
-        self.device = select_device(device)
-        self.model = load_model(state, str(ck), self.device)
-        self.norm = Normalize(self.cfg.normalize, self.device)
-        self.classes = state["classes"]
-        self.superclasses = state["superclasses"]
-        self.fine_to_coarse = state["fine_to_coarse"]
+        dev = select_device(device)
+        model = load_model(state, str(ck), dev)
+        norm = Normalize(from_dict(state["config"]).normalize, dev)
+        return cls(lambda a: predict_logits(model, torch.from_numpy(a), norm), state["classes"],
+                   state["superclasses"], state["fine_to_coarse"])
 
-    def probabilities(self, images: np.ndarray) -> torch.Tensor:
-        return predict_logits(self.model, torch.from_numpy(images), self.norm).softmax(1)
+    @classmethod
+    def from_export(cls, path: str | Path, device: str = "cpu") -> Predictor:
+        from c100.export import OnnxModel, load_safetensors, load_sidecar
+
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"weights file {path} not found; pass a .safetensors or .onnx file from `c100 export`")
+        meta = load_sidecar(path)
+        norm = Normalize(meta["normalize"]["kind"], torch.device("cpu"))
+        if path.suffix == ".onnx":
+            net = OnnxModel(path)
+
+            def run(a: np.ndarray) -> torch.Tensor:
+                return torch.from_numpy(net(norm(torch.from_numpy(a)).numpy()))
+        else:
+            dev = select_device(device)
+            model = load_safetensors(path, meta).to(dev)
+            dnorm = Normalize(meta["normalize"]["kind"], dev)
+
+            def run(a: np.ndarray) -> torch.Tensor:
+                return predict_logits(model, torch.from_numpy(a), dnorm)
+        return cls(run, meta["classes"], meta["superclasses"], meta["fine_to_coarse"])
 
     def predict(self, files: list[Path], top_k: int = 5, batch_size: int = 256) -> list[Result]:
         results = []
@@ -121,7 +146,7 @@ class Predictor:
                     r.error = str(e)
                 results.append(r)
             if arrays:
-                probs = self.probabilities(np.stack(arrays))
+                probs = self.logits(np.stack(arrays)).float().softmax(1)
                 p, idx = probs.topk(min(top_k, probs.shape[1]), 1)
                 for r, pr, ix in zip(ok, p.tolist(), idx.tolist(), strict=True):
                     r.top = [{"label": self.classes[c], "superclass": self.superclasses[self.fine_to_coarse[c]],

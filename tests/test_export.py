@@ -1,0 +1,80 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from c100 import UserError, checkpoint
+from c100.cli import main
+from c100.evaluate import load_model
+from c100.export import OnnxModel, export_run, load_safetensors, load_sidecar
+
+pytest.importorskip("onnxruntime", reason="onnxruntime is in the test extra: pip install -e '.[test]'")
+
+
+def _images(n=6):
+    return np.random.default_rng(0).integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
+
+
+def test_safetensors_round_trip_and_sidecar(tiny_run, tmp_path):
+    assert main(["evaluate", str(tiny_run)]) == 0  # so the sidecar can record a measured accuracy
+    path, side = export_run(tiny_run, "safetensors", out=tmp_path / "m.safetensors")
+    meta = load_sidecar(path)
+    assert side.is_file() and meta["arch"] == "tiny-net" and len(meta["classes"]) == 100
+    assert meta["input"]["shape"] == [3, 32, 32] and meta["normalize"]["kind"] == "cifar100"
+    assert len(meta["fine_to_coarse"]) == 100 and meta["trained"]["epochs"] == 2
+    assert 0 <= meta["accuracy"]["test"]["top1"] <= 1
+    state = checkpoint.load(tiny_run / "last.pt")
+    ref = load_model(state, "last", torch.device("cpu"))
+    got = load_safetensors(path, meta)
+    for (k, a), b in zip(ref.state_dict().items(), got.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    half, _ = export_run(tiny_run, "safetensors", out=tmp_path / "h.safetensors", half=True)
+    assert half.stat().st_size < 0.6 * path.stat().st_size
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert (load_safetensors(half, load_sidecar(half))(x) - ref(x)).abs().max() < 0.05
+
+
+def test_onnx_matches_pytorch_with_dynamic_batch(tiny_run, tmp_path):
+    path, _ = export_run(tiny_run, "onnx", out=tmp_path / "m.onnx")
+    meta = load_sidecar(path)
+    assert meta["onnx"]["max_abs_logit_diff"] < 1e-4 and meta["onnx"]["top1_agreement"] == 1.0
+    net = OnnxModel(path)
+    ref = load_model(checkpoint.load(tiny_run / "last.pt"), "last", torch.device("cpu"))
+    for n in (1, 7, 33):  # any batch size
+        x = torch.randn(n, 3, 32, 32)
+        out = net(x.numpy())
+        with torch.no_grad():
+            want = ref(x).numpy()
+        assert out.shape == (n, 100) and np.abs(out - want).max() < 1e-4
+        assert (out.argmax(1) == want.argmax(1)).all()
+
+
+def test_predict_with_exported_weights_agrees(tiny_run, tmp_path, capsys):
+    for i, a in enumerate(_images(4)):
+        Image.fromarray(a.transpose(1, 2, 0)).save(tmp_path / f"{i}.png")
+    answers = []
+    st, _ = export_run(tiny_run, "safetensors", out=tmp_path / "m.safetensors")
+    onnx, _ = export_run(tiny_run, "onnx", out=tmp_path / "m.onnx")
+    for args in (["-c", str(tiny_run)], ["-w", str(st)], ["-w", str(onnx)]):
+        assert main(["predict", *[str(tmp_path / f"{i}.png") for i in range(4)], *args, "--json"]) == 0
+        answers.append([[t["label"] for t in r["top"]] for r in json.loads(capsys.readouterr().out)])
+    assert answers[0] == answers[1] == answers[2]
+
+
+def test_export_errors(tiny_run, tmp_path, capsys):
+    (tmp_path / "x.safetensors").write_bytes(b"junk")
+    assert main(["predict", "a.png", "-w", str(tmp_path / "x.safetensors")]) == 2
+    assert "sidecar" in capsys.readouterr().err
+    (tmp_path / "x.safetensors.json").write_text(json.dumps({"format": "c100-export-1", "arch": "tiny-net",
+                                                             "num_classes": 100, "normalize": {"kind": "none"},
+                                                             "classes": [], "superclasses": [],
+                                                             "fine_to_coarse": []}))
+    assert main(["predict", "a.png", "-w", str(tmp_path / "x.safetensors")]) == 2
+    assert "not a readable safetensors file" in capsys.readouterr().err
+    assert main(["predict", "a.png"]) == 2
+    assert "exactly one of --checkpoint RUN and --weights FILE" in capsys.readouterr().err
+    with pytest.raises(UserError, match="--format 'tflite' is not one of"):
+        export_run(tiny_run, "tflite")
