@@ -102,6 +102,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from c100.predict import Predictor
+    from c100.serve import App, gallery, make_server
+
+    if bool(args.checkpoint) == bool(args.weights):
+        raise UserError("pass exactly one of --checkpoint RUN and --weights FILE")
+    predictor = (Predictor.from_checkpoint(args.checkpoint, "cpu") if args.checkpoint
+                 else Predictor.from_export(args.weights, "cpu"))
+    app = App(predictor, int(args.max_upload_mb * (1 << 20)), gallery(args.data_dir))
+    try:
+        server = make_server(app, args.host, args.port)
+    except OSError as e:
+        raise UserError(f"cannot listen on {args.host}:{args.port} ({e.strerror}); pick another --port") from None
+    print(f"serving on http://{args.host}:{server.server_address[1]}  (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from c100.models import count_parameters, create_model, list_models
 
@@ -194,6 +215,16 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--half", action="store_true", help="safetensors in fp16 (half the size)")
     ex.add_argument("--out", help="output file (default RUN/ARCH-WHICH.FORMAT)")
     ex.set_defaults(fn=cmd_export)
+
+    sv = sub.add_parser("serve", help="a web page to classify uploaded images")
+    sv.add_argument("--checkpoint", "-c", help="run folder or checkpoint file")
+    sv.add_argument("--weights", "-w", help="a .safetensors or .onnx file written by `c100 export`")
+    sv.add_argument("--host", default="127.0.0.1", help="interface to bind (127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload")
+    sv.add_argument("--data-dir", default=os.environ.get("CIFAR100_DATA", "./data"),
+                    help="CIFAR-100 location for the gallery of test images (none shown if absent)")
+    sv.set_defaults(fn=cmd_serve)
 
     sub.add_parser("models", help="list the registered models").set_defaults(fn=cmd_models)
     sub.add_parser("presets", help="list the shipped presets").set_defaults(fn=cmd_presets)

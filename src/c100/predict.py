@@ -7,6 +7,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -47,16 +48,21 @@ def to_rgb(img):
 
 def load_image(path: Path, size: int = 32) -> np.ndarray:
     """Read one file into a 3 x size x size uint8 array, or raise ValueError with a one-line reason."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     if not path.is_file():
         raise ValueError("no such file")
     if path.stat().st_size == 0:
         raise ValueError("empty file")
+    return decode_image(path, size)
+
+
+def decode_image(source: Path | BinaryIO, size: int = 32) -> np.ndarray:
+    """load_image for a path or an open binary stream (an upload)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 w, h = img.size
                 if w * h > MAX_PIXELS:
                     raise ValueError(f"image too large: {w}x{h} pixels is over the "
@@ -93,6 +99,10 @@ def expand_inputs(inputs: list[str], recursive: bool = False) -> list[Path]:
     return files
 
 
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.require(a, requirements="W"))  # copies read-only arrays (e.g. from Pillow)
+
+
 class Predictor:
     """Top-k labels from uint8 images, whatever runs the network (a checkpoint, safetensors, ONNX)."""
 
@@ -107,7 +117,7 @@ class Predictor:
         dev = select_device(device)
         model = load_model(state, str(ck), dev)
         norm = Normalize(from_dict(state["config"]).normalize, dev)
-        return cls(lambda a: predict_logits(model, torch.from_numpy(a), norm), state["classes"],
+        return cls(lambda a: predict_logits(model, _tensor(a), norm), state["classes"],
                    state["superclasses"], state["fine_to_coarse"])
 
     @classmethod
@@ -123,14 +133,14 @@ class Predictor:
             net = OnnxModel(path)
 
             def run(a: np.ndarray) -> torch.Tensor:
-                return torch.from_numpy(net(norm(torch.from_numpy(a)).numpy()))
+                return torch.from_numpy(net(norm(_tensor(a)).numpy()))
         else:
             dev = select_device(device)
             model = load_safetensors(path, meta).to(dev)
             dnorm = Normalize(meta["normalize"]["kind"], dev)
 
             def run(a: np.ndarray) -> torch.Tensor:
-                return predict_logits(model, torch.from_numpy(a), dnorm)
+                return predict_logits(model, _tensor(a), dnorm)
         return cls(run, meta["classes"], meta["superclasses"], meta["fine_to_coarse"])
 
     def predict(self, files: list[Path], top_k: int = 5, batch_size: int = 256) -> list[Result]:
@@ -146,12 +156,17 @@ class Predictor:
                     r.error = str(e)
                 results.append(r)
             if arrays:
-                probs = self.logits(np.stack(arrays)).float().softmax(1)
-                p, idx = probs.topk(min(top_k, probs.shape[1]), 1)
-                for r, pr, ix in zip(ok, p.tolist(), idx.tolist(), strict=True):
-                    r.top = [{"label": self.classes[c], "superclass": self.superclasses[self.fine_to_coarse[c]],
-                              "prob": round(q, 4)} for q, c in zip(pr, ix, strict=True)]
+                for r, top in zip(ok, self.top(np.stack(arrays), top_k), strict=True):
+                    r.top = top
         return results
+
+    def top(self, images: np.ndarray, k: int = 5) -> list[list[dict]]:
+        """For each uint8 image, the k most probable classes: label, superclass, probability."""
+        probs = self.logits(images).float().softmax(1)
+        p, idx = probs.topk(min(k, probs.shape[1]), 1)
+        return [[{"label": self.classes[c], "superclass": self.superclasses[self.fine_to_coarse[c]],
+                  "prob": round(q, 4)} for q, c in zip(pr, ix, strict=True)]
+                for pr, ix in zip(p.tolist(), idx.tolist(), strict=True)]
 
 
 def format_results(results: list[Result]) -> str:
