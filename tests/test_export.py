@@ -74,7 +74,19 @@ def test_export_errors(tiny_run, tmp_path, capsys):
                                                              "fine_to_coarse": []}))
     assert main(["predict", "a.png", "-w", str(tmp_path / "x.safetensors")]) == 2
     assert "not a readable safetensors file" in capsys.readouterr().err
-    assert main(["predict", "a.png"]) == 2
-    assert "exactly one of --checkpoint RUN and --weights FILE" in capsys.readouterr().err
+    assert main(["predict", "a.png", "-c", str(tiny_run), "-w", "x.onnx"]) == 2
+    assert "pass one of --checkpoint RUN and --weights FILE, not both" in capsys.readouterr().err
+    assert main(["evaluate"]) == 2
+    assert "pass a run folder (or checkpoint), or --weights" in capsys.readouterr().err
     with pytest.raises(UserError, match="--format 'tflite' is not one of"):
         export_run(tiny_run, "tflite")
+
+
+def test_evaluate_exported_weights(tiny_run, cifar_dir, tmp_path, capsys):
+    assert main(["evaluate", str(tiny_run)]) == 0
+    want = json.loads((tiny_run / "eval-test-last.json").read_text())
+    path, _ = export_run(tiny_run, "safetensors", out=tmp_path / "m.safetensors")
+    capsys.readouterr()
+    assert main(["evaluate", "--weights", str(path), "--data-dir", str(cifar_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"top-1       {want['top1']:.2%}" in out and f"recorded at export: top-1 {want['top1']:.2%}" in out

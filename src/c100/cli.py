@@ -27,9 +27,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from c100.evaluate import evaluate_run, format_table
+    from c100.export import evaluate_weights
 
-    r = evaluate_run(args.run, args.split, args.checkpoint, args.tta, args.data_dir, args.device)
+    if bool(args.run) == bool(args.weights):
+        raise UserError("pass a run folder (or checkpoint), or --weights FILE|default, not both")
+    if args.weights:
+        r = evaluate_weights(args.weights, args.split, args.tta, args.data_dir, args.device)
+    else:
+        r = evaluate_run(args.run, args.split, args.checkpoint, args.tta, args.data_dir, args.device)
     print(format_table(r, worst=100 if args.per_class else 5))
+    if r.get("recorded"):
+        print(f"  recorded at export: top-1 {r['recorded']['top1']:.2%} on {r['recorded']['n']} images")
     return 0
 
 
@@ -41,16 +49,25 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_predictor(args: argparse.Namespace):
+    """--checkpoint RUN or --weights FILE; with neither, the ResNet18 weights shipped in the package."""
+    from c100.export import resolve_weights
+    from c100.predict import Predictor
+
+    if args.checkpoint and args.weights:
+        raise UserError("pass one of --checkpoint RUN and --weights FILE, not both")
+    if args.checkpoint:
+        return Predictor.from_checkpoint(args.checkpoint, args.device, getattr(args, "which", "last"))
+    return Predictor.from_export(resolve_weights(args.weights or "default"), args.device)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     import json
 
-    from c100.predict import Predictor, expand_inputs, format_results
+    from c100.predict import expand_inputs, format_results
 
-    if bool(args.checkpoint) == bool(args.weights):
-        raise UserError("pass exactly one of --checkpoint RUN and --weights FILE")
     files = expand_inputs(args.inputs, args.recursive)
-    predictor = (Predictor.from_checkpoint(args.checkpoint, args.device, args.which) if args.checkpoint
-                 else Predictor.from_export(args.weights, args.device))
+    predictor = load_predictor(args)
     results = predictor.predict(files, args.top_k, args.batch_size)
     if args.json:
         print(json.dumps([{"file": r.file, "top": r.top, "error": r.error} for r in results], indent=2))
@@ -103,13 +120,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from c100.predict import Predictor
     from c100.serve import App, gallery, make_server
 
-    if bool(args.checkpoint) == bool(args.weights):
-        raise UserError("pass exactly one of --checkpoint RUN and --weights FILE")
-    predictor = (Predictor.from_checkpoint(args.checkpoint, "cpu") if args.checkpoint
-                 else Predictor.from_export(args.weights, "cpu"))
+    predictor = load_predictor(args)
     app = App(predictor, int(args.max_upload_mb * (1 << 20)), gallery(args.data_dir))
     try:
         server = make_server(app, args.host, args.port)
@@ -157,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("evaluate", help="accuracy of a trained run on the test (or validation) set")
-    e.add_argument("run", help="run folder or checkpoint file")
+    e.add_argument("run", nargs="?", help="run folder or checkpoint file")
+    e.add_argument("--weights", "-w", help="an exported .safetensors file, or 'default' for the shipped ResNet18")
     e.add_argument("--split", choices=["test", "val"], default="test")
     e.add_argument("--checkpoint", choices=["last", "best"], default="last",
                    help="last = the final model; best = the epoch with the best validation accuracy")
@@ -175,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="top-k labels for image files or folders of images")
     pr.add_argument("inputs", nargs="+", metavar="IMAGE|DIR", help="image files (any format Pillow reads) or folders")
     pr.add_argument("--checkpoint", "-c", help="run folder or checkpoint file")
-    pr.add_argument("--weights", "-w", help="a .safetensors or .onnx file written by `c100 export`")
+    pr.add_argument("--weights", "-w", help="a .safetensors or .onnx file written by `c100 export` "
+                    "[default: the ResNet18 shipped in the package]")
     pr.add_argument("--which", choices=["last", "best"], default="last", help="which checkpoint of a run folder")
     pr.add_argument("--top-k", type=int, default=5)
     pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -218,9 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("serve", help="a web page to classify uploaded images")
     sv.add_argument("--checkpoint", "-c", help="run folder or checkpoint file")
-    sv.add_argument("--weights", "-w", help="a .safetensors or .onnx file written by `c100 export`")
+    sv.add_argument("--weights", "-w", help="a .safetensors or .onnx file written by `c100 export` "
+                    "[default: the ResNet18 shipped in the package]")
     sv.add_argument("--host", default="127.0.0.1", help="interface to bind (127.0.0.1: this machine only)")
     sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     sv.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload")
     sv.add_argument("--data-dir", default=os.environ.get("CIFAR100_DATA", "./data"),
                     help="CIFAR-100 location for the gallery of test images (none shown if absent)")

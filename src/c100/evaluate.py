@@ -94,6 +94,21 @@ def load_eval_split(cfg, split: str) -> tuple[data.Split, data.Meta]:
     return splits["train"].subset(va), meta
 
 
+def measure(model: nn.Module, norm: Normalize, images: data.Split, meta: data.Meta, tta: bool = False,
+            head: dict | None = None) -> tuple[dict, torch.Tensor]:
+    """Metrics of a model on a split (and with flip TTA, separately); also returns the logits."""
+    x = torch.from_numpy(images.images)
+    t0 = time.perf_counter()
+    logits = predict_logits(model, x, norm)
+    result = {**(head or {}), **metrics(logits, images.fine, meta.fine_to_coarse)}
+    if tta:
+        tta_m = metrics(predict_logits(model, x, norm, tta_flip=True), images.fine, meta.fine_to_coarse)
+        result["tta_flip"] = {k: tta_m[k] for k in ("top1", "top5", "superclass", "loss")}
+    result["eval_s"] = round(time.perf_counter() - t0, 3)
+    result["classes"] = meta.fine_names
+    return result, logits
+
+
 def evaluate_run(run: str | Path, split: str = "test", which: str = "last", tta: bool = False,
                  data_dir: str | None = None, device: str = "auto") -> dict:
     """Evaluate a run's checkpoint on a split; writes eval-SPLIT-WHICH.json and the logits
@@ -109,18 +124,9 @@ def evaluate_run(run: str | Path, split: str = "test", which: str = "last", tta:
     if meta.fine_names != state.get("classes", meta.fine_names):
         raise UserError(f"the class names of {cfg.data_dir} differ from those {ck} was trained on; "
                         f"evaluate on the same data set")
-    norm = Normalize(cfg.normalize, dev)
-    x = torch.from_numpy(images.images)
-    t0 = time.perf_counter()
-    logits = predict_logits(model, x, norm)
-    result = {"checkpoint": str(ck), "epoch": state["epoch"], "split": split, "arch": state["arch"],
-              "weights": "ema" if state.get("ema") is not None else "model",
-              **metrics(logits, images.fine, meta.fine_to_coarse)}
-    if tta:
-        tta_m = metrics(predict_logits(model, x, norm, tta_flip=True), images.fine, meta.fine_to_coarse)
-        result["tta_flip"] = {k: tta_m[k] for k in ("top1", "top5", "superclass", "loss")}
-    result["eval_s"] = round(time.perf_counter() - t0, 3)
-    result["classes"] = meta.fine_names
+    head = {"checkpoint": str(ck), "epoch": state["epoch"], "split": split, "arch": state["arch"],
+            "weights": "ema" if state.get("ema") is not None else "model"}
+    result, logits = measure(model, Normalize(cfg.normalize, dev), images, meta, tta, head)
     buf = io.BytesIO()
     np.savez_compressed(buf, logits=logits.numpy(), fine=images.fine)
     checkpoint.atomic_write_bytes(ck.parent / f"pred-{split}-{ck.stem}.npz", buf.getvalue())

@@ -5,6 +5,7 @@ was trained and how accurate it measured). Both load back: `c100 predict --weigh
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -143,3 +144,43 @@ def load_safetensors(path: Path, meta: dict) -> nn.Module:
     tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     checkpoint.load_weights(model, tensors, str(path), meta["arch"])
     return model.eval()
+
+
+def packaged_weights() -> Path:
+    """The ResNet18 weights shipped inside the package (see weights/PROVENANCE.md)."""
+    from importlib import resources
+
+    return Path(str(resources.files("c100") / "weights" / "resnet18-default.safetensors"))
+
+
+def resolve_weights(name: str | Path) -> Path:
+    if str(name) == "default":
+        path = packaged_weights()
+        if not path.is_file():
+            raise UserError("this installation carries no default weights; pass --weights FILE or --checkpoint RUN")
+        return path
+    return Path(name)
+
+
+def evaluate_weights(name: str | Path, split: str = "test", tta: bool = False, data_dir: str | None = None,
+                     device: str = "auto") -> dict:
+    """Re-measure an exported safetensors model on the test set (or its training run's validation split)."""
+    from c100.augment import Normalize
+    from c100.config import from_dict
+    from c100.device import select_device
+    from c100.evaluate import load_eval_split, measure
+
+    path = resolve_weights(name)
+    if path.suffix != ".safetensors":
+        raise UserError(f"evaluate --weights takes a .safetensors file, not {path.name}")
+    meta = load_sidecar(path)
+    cfg = from_dict(meta["trained"]["config"])
+    cfg.data_dir = data_dir or os.environ.get("CIFAR100_DATA", "./data")
+    dev = select_device(device)
+    model = load_safetensors(path, meta).to(dev)
+    images, data_meta = load_eval_split(cfg, split)
+    head = {"checkpoint": str(path), "epoch": meta["trained"]["epochs"], "split": split, "arch": meta["arch"],
+            "weights": f"exported ({meta.get('dtype', '?')})"}
+    result, _ = measure(model, Normalize(meta["normalize"]["kind"], dev), images, data_meta, tta, head)
+    result["recorded"] = meta["accuracy"].get(split)
+    return result
