@@ -33,6 +33,7 @@ def main() -> int:
     ap.add_argument("--name", help="result name (default short-PRESET-EPOCHSep)")
     args = ap.parse_args()
     name = args.name or f"short-{args.preset}-{args.epochs}ep"
+    git = checkpoint.git_revision()  # the code that runs, read before anything can change it
     per_seed = []
     for seed in args.seeds:
         run = Path(args.runs) / f"{name}-s{seed}"
@@ -56,7 +57,7 @@ def main() -> int:
         "command": "python " + " ".join(sys.argv),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": checkpoint.device_name(trainer.device), "torch": torch.__version__,
-        "precision": trainer.cfg.precision, "git": checkpoint.git_revision(), "seeds": args.seeds,
+        "precision": trainer.cfg.precision, "git": git, "seeds": args.seeds,
         "per_seed": per_seed,
         "test_top1_mean": statistics.mean(top1),
         "test_top1_std": statistics.stdev(top1) if len(top1) > 1 else 0.0,

@@ -36,21 +36,22 @@ def _figure(m: dict, title: str):
     ep = m["epoch"]
     has_val = any(v is not None for v in m.get("val_acc", []))
     fig, (ax_acc, ax_loss, ax_lr) = plt.subplots(1, 3, figsize=(14, 4.2), constrained_layout=True)
-    ax_acc.plot(ep, [100 * a for a in m["train_acc"]], color=TRAIN, label="train (augmented)")
-    ax_loss.plot(ep, m["train_loss"], color=TRAIN, label="train (augmented)")
+    dots = {"marker": "o", "markersize": 4} if len(ep) <= 30 else {}  # few epochs: show the measured points
+    ax_acc.plot(ep, [100 * a for a in m["train_acc"]], color=TRAIN, label="train (augmented)", **dots)
+    ax_loss.plot(ep, m["train_loss"], color=TRAIN, label="train (augmented)", **dots)
     if has_val:
         val = [100 * a for a in m["val_acc"]]
-        ax_acc.plot(ep, val, color=VAL, label="validation")
-        ax_loss.plot(ep, m["val_loss"], color=VAL, label="validation")
+        ax_acc.plot(ep, val, color=VAL, label="validation", **dots)
+        ax_loss.plot(ep, m["val_loss"], color=VAL, label="validation", **dots)
         best = max(range(len(val)), key=val.__getitem__)
         ax_acc.scatter([ep[best]], [val[best]], color=VAL, zorder=3)
-        right = best >= len(val) / 2  # keep the label inside the axes
+        right = best >= len(val) / 2  # keep the label inside the axes, under the curve's peak
         ax_acc.annotate(f"best {val[best]:.2f}% (epoch {ep[best]:.0f})", (ep[best], val[best]),
-                        textcoords="offset points", xytext=(-8 if right else 8, 8), ha="right" if right else "left",
-                        fontsize=9, color=VAL)
+                        textcoords="offset points", xytext=(-8 if right else 8, -10), ha="right" if right else "left",
+                        va="top", fontsize=9, color=VAL)
     ax_acc.set(title="Accuracy", xlabel="epoch", ylabel="top-1 accuracy (%)")
     ax_loss.set(title="Loss (cross-entropy)", xlabel="epoch", ylabel="loss")
-    ax_lr.plot(ep, m["lr"], color=LR)
+    ax_lr.plot(ep, m["lr"], color=LR, **dots)
     ax_lr.set(title="Learning rate (end of epoch)", xlabel="epoch", ylabel="lr")
     for ax in (ax_acc, ax_loss, ax_lr):
         ax.grid(alpha=0.3)
