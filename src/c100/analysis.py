@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 
 from c100.checkpoint import atomic_write_bytes, atomic_write_json
 from c100.evaluate import Predictions
-from c100.mosaic import GREEN, INK, PAPER, RED, font, save_png
+from c100.mosaic import GREEN, INK, PAPER, RED, font, pretty, save_png
 
 INK_HEX = "#111827"
 
@@ -74,8 +74,8 @@ def plot_superclass_confusion(cm: np.ndarray, names: list[str], path: Path) -> P
     share = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(10, 8.6), constrained_layout=True)
     im = ax.imshow(share * 100, cmap="Blues", vmin=0, vmax=100)
-    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_xticks(range(len(names)), [pretty(n) for n in names], rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), [pretty(n) for n in names], fontsize=8)
     for i in range(len(names)):
         for j in range(len(names)):
             if share[i, j] >= 0.01:
@@ -91,11 +91,11 @@ def plot_per_class(acc: np.ndarray, names: list[str], path: Path) -> Path:
     plt = _plt()
     order = np.argsort(acc, kind="stable")
     fig, ax = plt.subplots(figsize=(8, 16), constrained_layout=True)
-    colors = ["#dc2626" if a < np.median(acc) - 0.15 else "#2563eb" for a in acc[order]]
+    colors = ["#2563eb" if a >= acc.mean() else "#f59e0b" for a in acc[order]]  # above / below the mean
     ax.barh(range(len(order)), acc[order] * 100, color=colors, height=0.75)
-    ax.set_yticks(range(len(order)), [names[i] for i in order], fontsize=6.5)
+    ax.set_yticks(range(len(order)), [pretty(names[i]) for i in order], fontsize=6.5)
     ax.axvline(acc.mean() * 100, color=INK_HEX, lw=1, ls="--", label=f"mean {acc.mean():.1%}")
-    ax.set(xlim=(0, 100), xlabel="top-1 accuracy (%)", title="Per-class accuracy (red: 15 points below the median)")
+    ax.set(xlim=(0, 100), xlabel="top-1 accuracy (%)", title="Per-class accuracy, sorted (orange: below the mean)")
     ax.margins(y=0.005)
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="lower right")
@@ -108,12 +108,21 @@ def plot_calibration(cal: dict, path: Path) -> Path:
     bins = cal["bins"]
     mids = [(b["lo"] + b["hi"]) / 2 for b in bins]
     width = bins[0]["hi"] - bins[0]["lo"] if bins else 1 / 15
-    ax.bar(mids, [b["accuracy"] for b in bins], width=width * 0.9, color="#2563eb", label="accuracy in bin")
-    ax.bar(mids, [b["confidence"] - b["accuracy"] for b in bins], bottom=[b["accuracy"] for b in bins],
-           width=width * 0.9, color="#dc2626", alpha=0.35, label="gap to confidence")
+    acc = [b["accuracy"] for b in bins]
+    conf = [b["confidence"] for b in bins]
+    ax.bar(mids, acc, width=width * 0.9, color="#2563eb", label="accuracy in bin")
+    # The gap to the bin's mean confidence: above the bar when over-confident, inside it when under.
+    ax.bar(mids, [abs(c - a) for a, c in zip(acc, conf, strict=True)], bottom=[min(a, c) for a, c in
+           zip(acc, conf, strict=True)], width=width * 0.9, fill=False, edgecolor="#dc2626", hatch="///", lw=0.8,
+           label="gap to mean confidence")
     ax.plot([0, 1], [0, 1], color=INK_HEX, lw=1, ls="--", label="perfect calibration")
+    n = sum(b["n"] for b in bins)
+    mean_acc = sum(b["n"] * b["accuracy"] for b in bins) / max(n, 1)
+    mean_conf = sum(b["n"] * b["confidence"] for b in bins) / max(n, 1)
+    lean = "over-confident" if mean_conf > mean_acc else "under-confident"
     ax.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
-           title=f"Reliability diagram, expected calibration error {100 * cal['ece']:.2f}%")
+           title=f"Reliability: ECE {100 * cal['ece']:.2f}%, {lean}\n(mean confidence {mean_conf:.1%}, "
+                 f"accuracy {mean_acc:.1%})")
     ax.legend(loc="upper left")
     hx.bar(mids, [b["n"] for b in bins], width=width * 0.9, color="#6b7280")
     hx.set(xlabel="confidence (max softmax probability)", ylabel="images")
@@ -165,13 +174,15 @@ def analyze(p: Predictions, out_dir: Path, top_pairs: int = 15, mistakes: int = 
     for pair in pairs[:8]:
         t, q = names.index(pair["true"]), names.index(pair["predicted"])
         for i in np.flatnonzero((y == t) & (pred == q))[:4]:
-            examples.append((p.split.images[i], f"{pair['true']} →", f"{pair['predicted']} {conf[i]:.0%}", False))
+            examples.append((p.split.images[i], f"is {pretty(pair['true'])}",
+                             f"said {pretty(pair['predicted'])} {conf[i]:.0%}", False))
     files["confused_pairs"] = image_grid(examples, out_dir / "confused_pairs.png",
-                                         "Most confused pairs: true class → predicted class (confidence)")
+                                         "The most confused pairs: true class, predicted class (confidence)")
     wrong = np.flatnonzero(~correct)
     worst = wrong[np.argsort(-conf[wrong], kind="stable")][:mistakes]
     files["confident_mistakes"] = image_grid(
-        [(p.split.images[i], f"said {names[pred[i]]} {conf[i]:.0%}", f"is {names[y[i]]}", False) for i in worst],
+        [(p.split.images[i], f"said {pretty(names[pred[i]])} {conf[i]:.0%}", f"is {pretty(names[y[i]])}", False)
+         for i in worst],
         out_dir / "confident_mistakes.png", "The most confident mistakes: predicted class (confidence), true class")
     summary = {"split": p.result.get("split"), "n": int(len(y)), "top1": float(correct.mean()),
                "ece": cal["ece"], "calibration_bins": cal["bins"], "confused_pairs": pairs,

@@ -21,6 +21,10 @@ def font(size: int) -> ImageFont.ImageFont:
     return ImageFont.load_default(size=size)  # Pillow's bundled font: present on every machine
 
 
+def pretty(name: str) -> str:
+    return name.replace("_", " ")  # 'large_man-made_outdoor_things' reads better with spaces
+
+
 def parse_classes(spec: str | None, names: list[str]) -> list[int]:
     """'apple,bus' or '0-9,42' -> class indices, in the order given."""
     if not spec:
@@ -51,8 +55,9 @@ def draw_mosaic(p: Predictions, classes: list[int], per_row: int = 24, scale: in
     gap = 2
     fsize = max(11, 7 * scale)
     big, small = font(fsize + 2), font(fsize)
-    label_w = max(int(big.getlength(n)) for n in (names[c] for c in classes)) + 16
-    label_w = max(label_w, int(small.getlength("100% right of 100")) + 16, 170)
+    label_w = max([int(big.getlength(pretty(names[c]))) for c in classes]
+                  + [int(small.getlength(pretty(supers[f2c[c]]))) for c in classes]
+                  + [int(small.getlength("1000 right of 1000")), 150]) + 16
     row_h = max(tile, 3 * fsize + 12) + gap
     header = 2 * fsize + 24
     width = label_w + per_row * (tile + gap) + 8
@@ -69,8 +74,8 @@ def draw_mosaic(p: Predictions, classes: list[int], per_row: int = 24, scale: in
             d.rectangle([0, top - gap // 2, width, top + row_h - gap // 2 - 1], fill=(249, 250, 251))
         idx = np.flatnonzero(pred == c)
         right = int((y[idx] == c).sum())
-        d.text((8, top + 2), names[c], fill=INK, font=big)
-        d.text((8, top + fsize + 6), supers[f2c[c]], fill=(75, 85, 99), font=small)
+        d.text((8, top + 2), pretty(names[c]), fill=INK, font=big)
+        d.text((8, top + fsize + 6), pretty(supers[f2c[c]]), fill=(75, 85, 99), font=small)
         d.text((8, top + 2 * fsize + 9), f"{right} right of {len(idx)}" if len(idx) else "never predicted",
                fill=(75, 85, 99), font=small)
         if len(idx) > per_row:  # a seeded sample keeps the right/wrong mix of the row honest
