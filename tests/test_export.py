@@ -77,7 +77,7 @@ def test_export_errors(tiny_run, tmp_path, capsys):
     assert main(["predict", "a.png", "-c", str(tiny_run), "-w", "x.onnx"]) == 2
     assert "pass one of --checkpoint RUN and --weights FILE, not both" in capsys.readouterr().err
     assert main(["evaluate"]) == 2
-    assert "pass a run folder (or checkpoint), or --weights" in capsys.readouterr().err
+    assert "pass either a run folder (or checkpoint file) or --weights FILE|default" in capsys.readouterr().err
     with pytest.raises(UserError, match="--format 'tflite' is not one of"):
         export_run(tiny_run, "tflite")
 

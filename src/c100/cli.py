@@ -30,7 +30,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from c100.export import evaluate_weights
 
     if bool(args.run) == bool(args.weights):
-        raise UserError("pass a run folder (or checkpoint), or --weights FILE|default, not both")
+        raise UserError("pass either a run folder (or checkpoint file) or --weights FILE|default: exactly one")
     if args.weights:
         r = evaluate_weights(args.weights, args.split, args.tta, args.data_dir, args.device)
     else:
