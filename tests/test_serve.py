@@ -98,6 +98,8 @@ def test_in_a_real_browser(server, tmp_path):
         first = browser.find_element(By.CSS_SELECTOR, "#bars .bar.first").get_attribute("data-label")
         bars = browser.find_elements(By.CSS_SELECTOR, "#bars .bar")
         assert first == want["top"][0]["label"] and len(bars) == 5
+        widths = [b.find_element(By.CSS_SELECTOR, ".fill").size["width"] for b in bars]
+        assert widths == sorted(widths, reverse=True) and widths[0] > 0  # bars drawn to scale
         assert want["top"][0]["superclass"] in browser.find_element(By.ID, "super").text
         browser.find_element(By.CSS_SELECTOR, "#gallery img").click()  # a gallery image classifies too
         WebDriverWait(browser, 30).until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#bars .bar")) == 5)
