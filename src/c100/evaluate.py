@@ -113,6 +113,10 @@ def evaluate_run(run: str | Path, split: str = "test", which: str = "last", tta:
                  data_dir: str | None = None, device: str = "auto") -> dict:
     """Evaluate a run's checkpoint on a split; writes eval-SPLIT-WHICH.json and the logits
     (pred-SPLIT-WHICH.npz, read by the pictures and the report) next to the checkpoint."""
+    return _evaluate(run, split, which, tta, data_dir, device).result
+
+
+def _evaluate(run, split, which, tta, data_dir, device) -> Predictions:
     ck = resolve_checkpoint(run, which)
     state = checkpoint.load(ck)
     cfg = from_dict(state["config"])
@@ -131,7 +135,7 @@ def evaluate_run(run: str | Path, split: str = "test", which: str = "last", tta:
     np.savez_compressed(buf, logits=logits.numpy(), fine=images.fine)
     checkpoint.atomic_write_bytes(ck.parent / f"pred-{split}-{ck.stem}.npz", buf.getvalue())
     checkpoint.atomic_write_json(ck.parent / f"eval-{split}-{ck.stem}.json", result)
-    return result
+    return Predictions(images, logits, meta, result)
 
 
 @dataclass
@@ -154,7 +158,7 @@ def load_predictions(run: str | Path, split: str = "test", which: str = "last", 
     ck = resolve_checkpoint(run, which)
     cache, js = ck.parent / f"pred-{split}-{ck.stem}.npz", ck.parent / f"eval-{split}-{ck.stem}.json"
     if not (cache.is_file() and js.is_file() and cache.stat().st_mtime >= ck.stat().st_mtime):
-        evaluate_run(run, split, which, False, data_dir, device)
+        return _evaluate(run, split, which, False, data_dir, device)  # already holds data and logits
     state = checkpoint.load(ck)
     cfg = from_dict(state["config"])
     if data_dir:

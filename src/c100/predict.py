@@ -128,19 +128,18 @@ class Predictor:
         if not path.is_file():
             raise UserError(f"weights file {path} not found; pass a .safetensors or .onnx file from `c100 export`")
         meta = load_sidecar(path)
-        norm = Normalize(meta["normalize"]["kind"], torch.device("cpu"))
+        dev = torch.device("cpu") if path.suffix == ".onnx" else select_device(device)  # onnxruntime: CPU
+        norm = Normalize(meta["normalize"]["kind"], dev)
         if path.suffix == ".onnx":
             net = OnnxModel(path)
 
             def run(a: np.ndarray) -> torch.Tensor:
                 return torch.from_numpy(net(norm(_tensor(a)).numpy()))
         else:
-            dev = select_device(device)
             model = load_safetensors(path, meta).to(dev)
-            dnorm = Normalize(meta["normalize"]["kind"], dev)
 
             def run(a: np.ndarray) -> torch.Tensor:
-                return predict_logits(model, _tensor(a), dnorm)
+                return predict_logits(model, _tensor(a), norm)
         return cls(run, meta["classes"], meta["superclasses"], meta["fine_to_coarse"])
 
     def predict(self, files: list[Path], top_k: int = 5, batch_size: int = 256) -> list[Result]:
