@@ -55,12 +55,12 @@ def test_resumed_run_equals_straight_run(cifar_dir, tmp_path):
         b = getattr(resumed, name) if name == "model" else resumed.ema.model
         for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
             assert torch.equal(va, vb), f"{name}.{k} differs after resume"
-    strip = [{k: v for k, v in r.items() if k not in ("epoch_s", "train_s", "images_per_s")}
-             for r in straight.history]
-    assert strip == [{k: v for k, v in r.items() if k not in ("epoch_s", "train_s", "images_per_s")}
-                     for r in resumed.history]
+    timings = ("epoch_s", "train_s", "images_per_s", "clock_s", "eval_s")
+    strip = [{k: v for k, v in r.items() if k not in timings} for r in straight.history]
+    assert strip == [{k: v for k, v in r.items() if k not in timings} for r in resumed.history]
+    assert resumed.clock > resumed.history[1]["clock_s"]  # the training clock carried over, not restarted
     csv_rows = (tmp_path / "killed" / "metrics.csv").read_text().strip().splitlines()
-    assert len(csv_rows) == 4 and csv_rows[0].startswith("epoch,lr,train_loss")
+    assert len(csv_rows) == 4 and csv_rows[0].startswith("epoch,lr,res,train_loss")
     with pytest.raises(UserError, match="already finished all 3 epochs; nothing to resume"):
         resume(tmp_path / "killed")
 
@@ -167,6 +167,7 @@ def test_compiled_training_saves_a_plain_checkpoint(cifar_dir, tmp_path):
     unwrapped model: no `_orig_mod.` prefixes, loadable into a fresh model."""
     trainer = train(_cfg(cifar_dir, epochs="1", compile=True), tmp_path / "run", log=lambda *_: None)
     assert trainer.forward is not trainer.model  # really compiled
+    assert trainer.compile_s > 0 and trainer.clock < trainer.compile_s  # measured apart from training
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert not any("_orig_mod" in k for k in state["model"])
     from c100.models import create_model

@@ -51,9 +51,18 @@ def translate(x: torch.Tensor, shift: int, mode: str, gen: torch.Generator) -> t
     return planes.gather(2, idx).view_as(x)
 
 
-def flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    mask = torch.rand(x.shape[0], device=x.device, generator=gen) < 0.5
+def flip(x: torch.Tensor, gen: torch.Generator, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mirror a random half of the batch, or exactly the images where `mask` is true."""
+    if mask is None:
+        mask = torch.rand(x.shape[0], device=x.device, generator=gen) < 0.5
     return torch.where(mask.view(-1, 1, 1, 1), x.flip(3), x)
+
+
+def alternating_flips(flip_start: torch.Tensor, epoch: int) -> torch.Tensor:
+    """Per-image flip decision for an epoch: a random start, then every other epoch (Jordan 2024): over
+    any two consecutive epochs each image is seen once in each orientation, which random flips only
+    promise on average."""
+    return flip_start ^ bool(epoch % 2)
 
 
 def cutout(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
@@ -84,25 +93,35 @@ class Normalize:
         return (x - self.mean) / self.std if self.kind == "cifar100" else x
 
 
-def augment(x: torch.Tensor, spec: AugmentSpec, norm: Normalize, gen: torch.Generator) -> torch.Tensor:
+def augment(x: torch.Tensor, spec: AugmentSpec, norm: Normalize, gen: torch.Generator,
+            flip_mask: torch.Tensor | None = None) -> torch.Tensor:
     x = translate(x, spec.translate, spec.pad_mode, gen)  # on uint8: a quarter of the bytes to move
     if spec.flip:
-        x = flip(x, gen)
+        x = flip(x, gen, flip_mask)
     x = norm(x)
     return cutout(x, spec.cutout, gen)
 
 
+def resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Downscale a batch for progressive resizing (antialiased, so small images are not aliased)."""
+    if x.shape[-1] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
 def train_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, spec: AugmentSpec,
-                  norm: Normalize, gen: torch.Generator, drop_last: bool = True
-                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                  norm: Normalize, gen: torch.Generator, drop_last: bool = True,
+                  flip_mask: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch of augmented batches in a seeded random order. drop_last keeps every step the
-    same shape (what compiled graphs and BatchNorm like); the dropped tail differs every epoch."""
+    same shape (what compiled graphs and BatchNorm like); the dropped tail differs every epoch.
+    `flip_mask` (one bool per image) fixes which images are mirrored this epoch."""
     n = len(labels)
     perm = torch.randperm(n, device=images.device, generator=gen)
     stop = n - n % batch_size if drop_last and n >= batch_size else n
     for i in range(0, stop, batch_size):
         idx = perm[i:i + batch_size]
-        yield augment(images[idx], spec, norm, gen), labels[idx]
+        mask = flip_mask[idx] if flip_mask is not None else None
+        yield augment(images[idx], spec, norm, gen, mask), labels[idx]
 
 
 def steps_per_epoch(n: int, batch_size: int, drop_last: bool = True) -> int:

@@ -25,6 +25,7 @@ CHOICES = {
     "precision": ("auto", "fp32", "bf16", "fp16"),
     "normalize": ("cifar100", "none"),
     "device": ("auto", "cpu", "cuda", "mps"),
+    "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
 }
 
 
@@ -60,17 +61,29 @@ class TrainConfig:
     label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy")
     grad_clip: float = _f(0.0, "clip the gradient norm to this value (0 = off)")
     ema: float = _f(0.0, "decay of an exponential moving average of the weights (0 = off)")
+    # time-to-accuracy
+    time_budget: float = _f(0.0, "seconds of training (0 = off): the lr and resolution schedules follow the "
+                                 "clock instead of the step count, and training stops when it is spent; "
+                                 "--epochs is then only a cap")
+    target_acc: float = _f(0.0, "validation accuracy whose first reach is recorded (time, epoch; 0 = off)")
+    eval_every: int = _f(1, "validate every N epochs (0 = only after the last one)")
     # augmentation
     translate: int = _f(4, "max random shift in pixels (crop with padding)")
     pad_mode: str = _f("reflect", "fill for the shift: reflect | zero | edge")
     flip: bool = _f(True, "random horizontal flips")
+    alt_flip: bool = _f(False, "alternating flips: each image is mirrored on every other epoch, from a random "
+                               "start (needs --flip)")
     cutout: int = _f(0, "side of a random square zeroed per image (0 = off)")
     normalize: str = _f("cifar100", "cifar100 (CIFAR-100 mean/std) | none (pixels / 255)")
+    resolutions: list = _f([], "progressive resizing: training resolutions in order, e.g. 16 24 32 (empty = 32)")
+    res_milestones: list = _f([], "fractions of training where the next resolution starts, e.g. 0.4 0.7")
     # speed
     precision: str = _f("auto", "auto (bf16 on GPUs and CPUs with native bf16, else fp32) | fp32 | bf16 "
                                 "(autocast) | fp16 (GPU, with a grad scaler)")
     channels_last: bool = _f(True, "NHWC memory layout (faster convolutions)")
-    compile: bool = _f(False, "torch.compile the model (one-time cost, reported)")
+    compile: bool = _f(False, "torch.compile the model (one-time cost, measured and reported apart)")
+    compile_mode: str = _f("default", "torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune"
+                                      " | max-autotune-no-cudagraphs")
     device: str = _f("auto", "auto | cpu | cuda | mps")
     threads: int = _f(0, "CPU threads for torch (0 = torch's default)")
     deterministic: bool = _f(False, "torch.use_deterministic_algorithms (slower, bitwise repeatable)")
@@ -89,7 +102,7 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise UserError(f"--{_flag(name)} must be positive, got {getattr(self, name)}")
         nonneg = ["lr", "weight_decay", "l2", "warmup_epochs", "lr_decay", "grad_clip", "translate",
-                  "cutout", "val_size", "threads"]
+                  "cutout", "val_size", "threads", "time_budget", "eval_every"]
         for name in nonneg:
             if getattr(self, name) < 0:
                 raise UserError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
@@ -103,7 +116,24 @@ class TrainConfig:
             raise UserError(f"--translate {self.translate} exceeds half the 32-px image; use 0..16")
         if any(not 0 < m < 1 for m in self.milestones):
             raise UserError(f"--milestones must be fractions of training in (0, 1), got {self.milestones}")
+        if not 0 <= self.target_acc <= 1:
+            raise UserError(f"--target-acc is a fraction in [0, 1] (e.g. 0.6221), got {self.target_acc}")
+        if self.alt_flip and not self.flip:
+            raise UserError("--alt-flip needs --flip (it decides which images are mirrored, not whether)")
+        self._validate_resolutions()
         return self
+
+    def _validate_resolutions(self) -> None:
+        res, ms = self.resolutions, self.res_milestones
+        if any(not float(r).is_integer() or not 8 <= r <= 32 for r in res):
+            raise UserError(f"--resolutions must be whole pixel sizes in 8..32, got {res}")
+        if res and len(ms) != len(res) - 1:
+            raise UserError(f"--res-milestones needs one fraction fewer than --resolutions ({len(res) - 1}), "
+                            f"got {len(ms)}")
+        if not res and ms:
+            raise UserError("--res-milestones given without --resolutions; give both or neither")
+        if any(not 0 < m < 1 for m in ms) or list(ms) != sorted(ms):
+            raise UserError(f"--res-milestones must be increasing fractions in (0, 1), got {ms}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -23,13 +23,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from c100 import UserError, checkpoint, data
-from c100.augment import AugmentSpec, Normalize, epoch_generator, eval_batches, steps_per_epoch, train_batches
+from c100 import UserError, augment, checkpoint, data
+from c100.augment import AugmentSpec, Normalize, epoch_generator, eval_batches, resize, steps_per_epoch
 from c100.config import TrainConfig, apply, from_dict, save_yaml
 from c100.device import autocast, resolve_precision, select_device
 from c100.models import create_model
 
-CSV_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_s", "images_per_s"]
+CSV_FIELDS = ["epoch", "lr", "res", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_s", "images_per_s",
+              "clock_s", "eval_s"]
 
 
 @dataclass
@@ -70,12 +71,17 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
     return cls(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999), eps=cfg.adam_eps)
 
 
-def lr_factor(cfg: TrainConfig, step: int, total: int, per_epoch: int) -> float:
-    """Multiplier of the peak lr at optimizer step `step` (0-based) of `total`."""
+def lr_factor(cfg: TrainConfig, step: int, total: int, per_epoch: int, progress: float | None = None) -> float:
+    """Multiplier of the peak lr at optimizer step `step` (0-based) of `total`.
+
+    With a time budget, `progress` is the fraction of the budget spent and the schedule follows it:
+    the warm-up still counts steps, the decay follows the clock, and the lower of the two wins."""
     if cfg.schedule == "constant":
         return 1.0
     if cfg.schedule == "inverse-time":  # Keras' legacy `decay`: lr / (1 + decay * iterations)
         return 1.0 / (1.0 + cfg.lr_decay * step)
+    if progress is not None:
+        return _budget_factor(cfg, step, per_epoch, progress)
     if cfg.schedule == "multistep":
         return cfg.gamma ** sum(step >= m * total for m in cfg.milestones)
     warm = min(cfg.warmup_epochs * per_epoch, total // 4)  # short runs keep most steps for the decay
@@ -85,6 +91,22 @@ def lr_factor(cfg: TrainConfig, step: int, total: int, per_epoch: int) -> float:
     if cfg.schedule == "onecycle":  # linear warm-up, then linear decay to zero
         return 1.0 - p
     return 0.5 * (1.0 + math.cos(math.pi * p))  # cosine to zero
+
+
+def _budget_factor(cfg: TrainConfig, step: int, per_epoch: int, p: float) -> float:
+    if cfg.schedule == "multistep":
+        return cfg.gamma ** sum(p >= m for m in cfg.milestones)
+    warm = cfg.warmup_epochs * per_epoch
+    ramp = (step + 1) / (warm + 1) if step < warm else 1.0
+    decay = 1.0 - p if cfg.schedule == "onecycle" else 0.5 * (1.0 + math.cos(math.pi * p))
+    return max(0.0, min(ramp, decay))
+
+
+def resolution_at(cfg: TrainConfig, progress: float) -> int:
+    """Training resolution at a fraction of training (progressive resizing); 32 without it."""
+    if not cfg.resolutions:
+        return 32
+    return int(cfg.resolutions[sum(progress >= m for m in cfg.res_milestones)])
 
 
 def l2_penalty(params: list[torch.Tensor]) -> torch.Tensor:
@@ -163,8 +185,16 @@ class Trainer:
         self.total_steps = self.per_epoch * cfg.epochs
         self.step, self.epoch, self.history = 0, 0, []
         self.best_acc, self.best_state = -1.0, None
+        self.clock = 0.0  # seconds spent training (evaluation, checkpoints and compilation not included)
+        self.compile_s = 0.0  # one-time cost of compilation and warm-up, measured apart
+        self.target: dict | None = None  # when val accuracy first reached cfg.target_acc
         self.l2_params = [p for p in self.model.parameters() if p.requires_grad] if cfg.l2 else []
-        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        mode = None if cfg.compile_mode == "default" else cfg.compile_mode
+        self.forward = torch.compile(self.model, mode=mode) if cfg.compile else self.model
+        self.flip_start = None
+        if cfg.alt_flip:  # which images start mirrored: fixed by the seed, so resumed runs agree
+            g = epoch_generator(cfg.seed, -1, self.device)
+            self.flip_start = torch.rand(len(self.data.train_y), device=self.device, generator=g) < 0.5
 
     # -- state ----------------------------------------------------------------------------------
     def state(self, finished: bool) -> dict:
@@ -187,6 +217,9 @@ class Trainer:
             "fine_to_coarse": meta.fine_to_coarse,
             "history": self.history,
             "best_val_acc": self.best_acc if self.best_acc >= 0 else None,
+            "clock_s": self.clock,
+            "compile_s": self.compile_s,
+            "target": self.target,
         }
 
     def restore(self, state: dict) -> None:
@@ -200,6 +233,8 @@ class Trainer:
         self.step, self.epoch = state["scheduler"]["step"], state["epoch"]
         self.history = list(state["history"])
         self.best_acc = state["best_val_acc"] if state.get("best_val_acc") is not None else -1.0
+        self.clock, self.target = state.get("clock_s", 0.0), state.get("target")
+        self.compile_s += state.get("compile_s", 0.0)
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"].get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
@@ -217,69 +252,129 @@ class Trainer:
         write_metrics_csv(self.history, self.run_dir / "metrics.csv")
 
     # -- loop -----------------------------------------------------------------------------------
+    def progress(self) -> float:
+        """Fraction of training done: of the time budget when there is one, else of the steps."""
+        if self.cfg.time_budget:
+            return min(1.0, self.clock / self.cfg.time_budget)
+        return self.step / self.total_steps
+
+    def budget_spent(self) -> bool:
+        return bool(self.cfg.time_budget) and self.clock >= self.cfg.time_budget
+
     def set_lr(self) -> float:
-        lr = self.cfg.lr * lr_factor(self.cfg, self.step, self.total_steps, self.per_epoch)
+        progress = self.progress() if self.cfg.time_budget else None
+        lr = self.cfg.lr * lr_factor(self.cfg, self.step, self.total_steps, self.per_epoch, progress)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         return lr
 
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step at the current lr; returns the logits and the (unpenalised) loss."""
+        cfg = self.cfg
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(cfg.precision, self.device):
+            logits = self.forward(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        total = loss + cfg.l2 * l2_penalty(self.l2_params) if cfg.l2 else loss
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return logits.detach(), loss.detach()
+
+    def batches(self, epoch: int):
+        cfg = self.cfg
+        gen = epoch_generator(cfg.seed, epoch, self.device)
+        mask = augment.alternating_flips(self.flip_start, epoch) if self.flip_start is not None else None
+        return augment.train_batches(self.data.train_x, self.data.train_y, cfg.batch_size, self.spec, self.norm, gen,
+                             flip_mask=mask)
+
+    def warm_up(self) -> float:
+        """Compile (and record CUDA graphs) before the clock starts: three steps at every training
+        resolution with lr 0, then every state is put back. Returns the seconds it took."""
+        t0 = time.perf_counter()
+        saved_model = copy.deepcopy(self.model.state_dict())
+        saved_opt = copy.deepcopy(self.optimizer.state_dict())
+        for g in self.optimizer.param_groups:
+            g["lr"] = 0.0
+        batches = self.batches(-2)  # an epoch no training run uses
+        for res in sorted({int(r) for r in self.cfg.resolutions} or {32}):
+            for _ in range(3):
+                x, y = next(batches)
+                self.train_step(resize(x, res), y)
+        self.model.load_state_dict(saved_model)
+        self.optimizer.load_state_dict(saved_opt)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - t0
+        self.compile_s += seconds
+        return seconds
+
     def train_one_epoch(self) -> dict:
         cfg, dev = self.cfg, self.device
         self.model.train()
-        gen = epoch_generator(cfg.seed, self.epoch, dev)
         loss_sum = torch.zeros((), device=dev)
         correct = torch.zeros((), device=dev, dtype=torch.long)
-        seen = 0
-        batches = train_batches(self.data.train_x, self.data.train_y, cfg.batch_size, self.spec, self.norm, gen)
-        bar = tqdm(batches, total=self.per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=None, file=sys.stderr, dynamic_ncols=True)
-        t0 = time.perf_counter()
+        seen, res = 0, resolution_at(cfg, self.progress())
+        bar = tqdm(self.batches(self.epoch), total=self.per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+                   leave=False, disable=None, file=sys.stderr, dynamic_ncols=True)
+        clock0, t0 = self.clock, time.perf_counter()
         for x, y in bar:
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            if self.budget_spent():  # the clock of a GPU step lags (async), by a step or two at most
+                break
+            res = resolution_at(cfg, self.progress())
             lr = self.set_lr()
-            with autocast(cfg.precision, dev):
-                logits = self.forward(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            total = loss + cfg.l2 * l2_penalty(self.l2_params) if cfg.l2 else loss
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(total).backward()
-            if cfg.grad_clip:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            logits, loss = self.train_step(resize(x, res), y)
             if self.ema:
                 self.ema.update(self.model)
             self.step += 1
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
+            loss_sum += loss * len(y)
+            correct += (logits.argmax(1) == y).sum()
             seen += len(y)
+            self.clock = clock0 + time.perf_counter() - t0
+        bar.close()
+        loss_mean, acc = loss_sum.item() / seen, correct.item() / seen  # .item() waits for the device
         train_s = time.perf_counter() - t0
-        return {"lr": lr, "train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
-                "train_s": train_s, "images_per_s": seen / train_s}
+        self.clock = clock0 + train_s
+        return {"lr": lr, "res": res, "train_loss": loss_mean, "train_acc": acc, "train_s": train_s,
+                "images_per_s": seen / train_s}
 
     def fit(self) -> dict:
         cfg = self.cfg
-        while self.epoch < cfg.epochs:
+        while self.epoch < cfg.epochs and not self.budget_spent():
             t0 = time.perf_counter()
             row = self.train_one_epoch()
             self.epoch += 1
+            last = self.epoch == cfg.epochs or self.budget_spent()
             val_loss = val_acc = None
-            if self.data.val_y is not None:
-                judged = self.ema.model if self.ema else self.model
-                val_loss, val_acc = evaluate_loss_acc(judged, self.data.val_x, self.data.val_y, cfg, self.norm,
-                                                      self.device)
-                if val_acc > self.best_acc:
-                    self.best_acc = val_acc
-                    self.best_state = {"model": _clone(self.model), "epoch": self.epoch,
-                                       "ema": _clone(self.ema.model) if self.ema else None}
+            t1 = time.perf_counter()
+            if self.data.val_y is not None and (last or (cfg.eval_every and self.epoch % cfg.eval_every == 0)):
+                val_loss, val_acc = self.validate()
             row = {"epoch": self.epoch, **row, "val_loss": val_loss, "val_acc": val_acc,
-                   "epoch_s": time.perf_counter() - t0}
+                   "epoch_s": time.perf_counter() - t0, "clock_s": self.clock, "eval_s": time.perf_counter() - t1}
             self.history.append({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
-            self.save(finished=self.epoch == cfg.epochs)
+            self.save(finished=last)
             self.log(format_row(row))
         return self.history[-1] if self.history else {}
+
+    def validate(self) -> tuple[float, float]:
+        """Validation loss and accuracy (of the EMA weights when kept); tracks best and target."""
+        judged = self.ema.model if self.ema else self.model
+        val_loss, val_acc = evaluate_loss_acc(judged, self.data.val_x, self.data.val_y, self.cfg, self.norm,
+                                              self.device)
+        if val_acc > self.best_acc:
+            self.best_acc = val_acc
+            self.best_state = {"model": _clone(self.model), "epoch": self.epoch,
+                               "ema": _clone(self.ema.model) if self.ema else None}
+        if self.cfg.target_acc and self.target is None and val_acc >= self.cfg.target_acc:
+            self.target = {"val_acc": val_acc, "epoch": self.epoch, "train_s": round(self.clock, 3)}
+            self.log(f"target {self.cfg.target_acc:.2%} reached: val {val_acc:.2%} at epoch {self.epoch}, "
+                     f"{self.clock:.1f} s of training")
+        return val_loss, val_acc
 
 
 def _clone(model: nn.Module) -> dict:
@@ -288,8 +383,9 @@ def _clone(model: nn.Module) -> dict:
 
 def format_row(r: dict) -> str:
     val = f"  val loss {r['val_loss']:.3f} acc {r['val_acc']:.2%}" if r.get("val_acc") is not None else ""
+    res = f"  {r['res']}px" if r.get("res", 32) != 32 else ""
     return (f"epoch {r['epoch']:>3}  lr {r['lr']:.4g}  train loss {r['train_loss']:.3f} acc {r['train_acc']:.2%}"
-            f"{val}  {r['epoch_s']:.1f}s  {r['images_per_s']:.0f} img/s")
+            f"{val}  {r['epoch_s']:.1f}s  {r['images_per_s']:.0f} img/s{res}")
 
 
 def _check_fresh(run_dir: Path) -> None:
@@ -305,9 +401,16 @@ def train(cfg: TrainConfig, run_dir: Path | str, log=print) -> Trainer:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(trainer.cfg.to_dict(), run_dir / "config.yaml")
     checkpoint.atomic_write_json(run_dir / "env.json", checkpoint.environment(trainer.device))
-    log(f"training {cfg.model} for {cfg.epochs} epochs on {checkpoint.device_name(trainer.device)} -> {run_dir}")
+    length = f"{cfg.time_budget:g} s (at most {cfg.epochs} epochs)" if cfg.time_budget else f"{cfg.epochs} epochs"
+    log(f"training {cfg.model} for {length} on {checkpoint.device_name(trainer.device)} -> {run_dir}")
+    _warm_up(trainer, log)
     trainer.fit()
     return trainer
+
+
+def _warm_up(trainer: Trainer, log) -> None:
+    if trainer.cfg.compile:
+        log(f"compiled and warmed up in {trainer.warm_up():.1f} s (one-time cost, not in the training clock)")
 
 
 def resume(run_dir: Path | str, overrides: dict | None = None, log=print) -> Trainer:
@@ -332,5 +435,6 @@ def resume(run_dir: Path | str, overrides: dict | None = None, log=print) -> Tra
     trainer = Trainer(cfg, run_dir, log)
     trainer.restore(state)
     log(f"resuming {run_dir} at epoch {trainer.epoch}/{cfg.epochs}")
+    _warm_up(trainer, log)
     trainer.fit()
     return trainer

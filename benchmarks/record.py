@@ -1,0 +1,124 @@
+"""Record a preset: train it on the real CIFAR-100 for each seed, evaluate the final model once on
+the test set, and write benchmarks/results/NAME.json (+ NAME.log via tee, + per-seed metrics CSV).
+
+wall_s counts everything from the start of training to the end of the test evaluation (data
+loading, compilation, per-epoch validation, checkpoints included); its parts are recorded apart:
+train_s (the training clock), compile_s (one-time compilation and warm-up), eval_s. With
+--no-test the test set is not read at all (recipe selection on the validation split).
+
+    python benchmarks/record.py --preset cpu-fast --seeds 0 1 --target-acc 0.6221 --data-dir data
+    python benchmarks/record.py --preset cpu-fast --name select-32px --set resolutions= --no-test
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from c100 import checkpoint
+from c100.config import resolve
+from c100.evaluate import evaluate_run, format_table
+from c100.train import train
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parse_sets(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        out[key] = value.split() if " " in value or value == "" else value  # "16 24 32" -> a list; "" -> []
+    return out
+
+
+def record_seed(args, overrides: dict, seed: int, name: str, out_dir: Path) -> dict:
+    run = Path(args.runs) / f"{name}-s{seed}"
+    shutil.rmtree(run, ignore_errors=True)
+    flags = {**overrides, "seed": seed, "data_dir": args.data_dir}
+    if args.target_acc is not None:
+        flags["target_acc"] = args.target_acc
+    cfg = resolve(args.preset, None, flags)
+    t0 = time.perf_counter()
+    trainer = train(cfg, run, log=lambda line: print(line, flush=True))
+    train_end = time.perf_counter()
+    result = None if args.no_test else evaluate_run(run, "test")
+    wall_s = time.perf_counter() - t0
+    if result:
+        print(format_table(result), flush=True)
+    shutil.copy(run / "metrics.csv", out_dir / f"{name}-s{seed}-metrics.csv")
+    h = trainer.history
+    target = trainer.target
+    return {
+        "seed": seed, "wall_s": round(wall_s, 1), "train_s": round(trainer.clock, 1),
+        "compile_s": round(trainer.compile_s, 1),
+        "val_eval_s": round(sum(r.get("eval_s") or 0 for r in h), 1),
+        "test_eval_s": round(time.perf_counter() - train_end, 1) if result else None,
+        "epochs": len(h), "steps": trainer.step, "final_val_acc": h[-1]["val_acc"],
+        "test_top1": result["top1"] if result else None, "test_top5": result["top5"] if result else None,
+        "test_superclass": result["superclass"] if result else None,
+        "target_reached": target is not None,
+        "time_to_target_s": target["train_s"] if target else None,
+        "images_per_s": statistics.median(r["images_per_s"] for r in h),
+        "precision": trainer.cfg.precision, "config": trainer.cfg.to_dict(),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", default="cpu-fast")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--name", help="result name (default: the preset)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. epochs=2")
+    ap.add_argument("--target-acc", type=float, help="record when validation accuracy first reaches this")
+    ap.add_argument("--no-test", action="store_true", help="do not read the test set (recipe selection)")
+    ap.add_argument("--data-dir", default=os.environ.get("CIFAR100_DATA", "data"))
+    ap.add_argument("--runs", default="benchmarks/runs", help="where the run folders go (git-ignored)")
+    ap.add_argument("--out", default=os.environ.get("OUT") or str(RESULTS), help="folder for the JSON and CSVs")
+    args = ap.parse_args()
+    name = args.name or args.preset
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    git = checkpoint.git_revision()  # the code that runs, read before anything can change it
+    overrides = parse_sets(args.set)
+    per_seed = [record_seed(args, overrides, seed, name, out_dir) for seed in args.seeds]
+    top1 = [p["test_top1"] for p in per_seed if p["test_top1"] is not None]
+    val = [p["final_val_acc"] for p in per_seed if p["final_val_acc"] is not None]
+    times = [p["time_to_target_s"] for p in per_seed if p["time_to_target_s"] is not None]
+    result = {
+        "benchmark": name, "preset": args.preset, "overrides": overrides,
+        "command": "python " + " ".join(sys.argv),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": checkpoint.device_name(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
+        "torch": torch.__version__, "git": git, "seeds": args.seeds,
+        "precision": per_seed[0]["precision"], "epochs": per_seed[0]["epochs"],
+        "time_budget": per_seed[0]["config"]["time_budget"],
+        "per_seed": per_seed,
+        "wall_s_mean": statistics.mean(p["wall_s"] for p in per_seed),
+        "wall_s_max": max(p["wall_s"] for p in per_seed),
+        "compile_s_mean": statistics.mean(p["compile_s"] for p in per_seed),
+        "images_per_s": statistics.median(p["images_per_s"] for p in per_seed),
+        "final_val_acc_mean": statistics.mean(val) if val else None,
+        "final_val_acc_std": statistics.stdev(val) if len(val) > 1 else 0.0 if val else None,
+        "test_top1": top1 or None,
+        "test_top1_mean": statistics.mean(top1) if top1 else None,
+        "test_top1_std": (statistics.stdev(top1) if len(top1) > 1 else 0.0) if top1 else None,
+        "target": args.target_acc,
+        "time_to_target_s": times or None,
+        "target_reached": f"{len(times)}/{len(per_seed)} seeds" if args.target_acc else None,
+    }
+    checkpoint.atomic_write_json(out_dir / f"{name}.json", result)
+    print(json.dumps({k: v for k, v in result.items() if k != "per_seed"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

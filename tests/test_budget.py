@@ -1,0 +1,101 @@
+"""Time-to-accuracy mode: the time budget, the target, progressive resizing, alternating flips and
+the compile warm-up kept off the clock."""
+
+import pytest
+import torch
+
+from c100 import UserError
+from c100.augment import AugmentSpec, Normalize, alternating_flips, resize, train_batches
+from c100.config import resolve
+from c100.train import Trainer, lr_factor, resolution_at, train
+
+
+def _cfg(cifar_dir, **kw):
+    flags = {"model": "tiny-net", "data_dir": str(cifar_dir), "val_size": "100", "epochs": "3",
+             "batch_size": "64", "precision": "fp32", "download": False, "threads": "2"}
+    flags.update(kw)
+    return resolve("default", None, flags)
+
+
+def test_budget_schedule_follows_the_clock():
+    cfg = resolve("default", None, {"warmup_epochs": "1", "schedule": "onecycle"})
+    # warm-up counts steps (10 per epoch here), the decay follows the fraction of the budget spent
+    assert lr_factor(cfg, 0, 1, 10, progress=0.0) == pytest.approx(1 / 11)
+    assert lr_factor(cfg, 50, 1, 10, progress=0.25) == pytest.approx(0.75)
+    assert lr_factor(cfg, 50, 1, 10, progress=1.0) == 0.0
+    assert lr_factor(cfg, 5, 1, 10, progress=0.9) == pytest.approx(0.1)  # a warm-up too long is cut by the decay
+    cfg = resolve("default", None, {"schedule": "cosine", "warmup_epochs": "0"})
+    assert lr_factor(cfg, 7, 1, 10, progress=0.5) == pytest.approx(0.5)
+    cfg = resolve("default", None, {"schedule": "multistep", "milestones": ["0.5"], "gamma": "0.1"})
+    assert [lr_factor(cfg, 0, 1, 10, progress=p) for p in (0.49, 0.5)] == pytest.approx([1, 0.1])
+
+
+def test_resolution_schedule():
+    cfg = resolve("default", None, {"resolutions": ["16", "24", "32"], "res_milestones": ["0.4", "0.7"]})
+    assert [resolution_at(cfg, p) for p in (0, 0.39, 0.4, 0.69, 0.7, 1.0)] == [16, 16, 24, 24, 32, 32]
+    assert resolution_at(resolve("default", None, {}), 0.5) == 32
+    x = torch.rand(4, 3, 32, 32)
+    small = resize(x, 16)
+    assert small.shape == (4, 3, 16, 16) and resize(x, 32) is x
+    # antialiased: a 2x downscale of a constant image keeps it constant
+    assert torch.allclose(resize(torch.full((1, 3, 32, 32), 0.3), 16), torch.tensor(0.3))
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"resolutions": ["16", "32"]}, "needs one fraction fewer than --resolutions"),
+    ({"resolutions": ["16", "40"], "res_milestones": ["0.5"]}, "whole pixel sizes in 8..32"),
+    ({"resolutions": ["16", "24", "32"], "res_milestones": ["0.7", "0.4"]}, "increasing fractions"),
+    ({"res_milestones": ["0.5"]}, "without --resolutions"),
+    ({"target_acc": "62"}, "fraction in [0, 1]"),
+    ({"time_budget": "-1"}, "--time-budget must be >= 0"),
+    ({"alt_flip": True, "flip": False}, "--alt-flip needs --flip"),
+    ({"compile_mode": "fast"}, "--compile-mode 'fast' is not one of"),
+])
+def test_bad_budget_flags(flags, message):
+    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        resolve("default", None, flags)
+
+
+def test_alternating_flips_show_each_image_both_ways():
+    start = torch.rand(64, generator=torch.Generator().manual_seed(0)) < 0.5
+    e0, e1, e2 = (alternating_flips(start, e) for e in range(3))
+    assert torch.equal(e0, start) and torch.equal(e1, ~start) and torch.equal(e2, start)
+    # the mask is applied per image, whatever the order of the batch
+    images = torch.arange(64, dtype=torch.uint8).view(64, 1, 1, 1).expand(64, 3, 32, 32).clone()
+    images[:, :, :, :16] = 0  # left half dark: a mirrored image has its dark half on the right
+    labels = torch.arange(64)
+    spec, norm = AugmentSpec(flip=True), Normalize("none", torch.device("cpu"))
+    for mask in (e0, e1):
+        for x, y in train_batches(images, labels, 16, spec, norm, torch.Generator().manual_seed(1), flip_mask=mask):
+            mirrored = x[:, 0, 0, 0] > 0  # left edge bright only if mirrored (or label 0, which is dark anyway)
+            assert torch.equal(mirrored[y > 0], mask[y][y > 0])
+
+
+def test_time_budget_stops_on_time_and_decays_to_zero(cifar_dir, tmp_path):
+    trainer = train(_cfg(cifar_dir, epochs="1000", time_budget="2", eval_every="0", target_acc="0.001"),
+                    tmp_path / "run", log=lambda *_: None)
+    h = trainer.history
+    assert 1 < len(h) < 1000 and trainer.clock >= 2.0
+    assert trainer.clock < 2.0 + 3 * max(r["epoch_s"] for r in h) / 15  # stopped within a few steps of the budget
+    assert h[-1]["lr"] < 0.01  # the schedule was sized to the budget: lr reached ~0 at its end
+    assert all(r["val_acc"] is None for r in h[:-1]) and h[-1]["val_acc"] is not None  # eval_every 0
+    assert h[-1]["clock_s"] == pytest.approx(trainer.clock, abs=1e-5)
+    assert trainer.target is not None and trainer.target["epoch"] == len(h)  # first (and only) validation
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["finished"]
+
+
+def test_progressive_resizing_and_eval_every(cifar_dir, tmp_path):
+    trainer = train(_cfg(cifar_dir, epochs="4", resolutions=["16", "32"], res_milestones=["0.5"], eval_every="2",
+                         alt_flip=True), tmp_path / "run", log=lambda *_: None)
+    assert [r["res"] for r in trainer.history] == [16, 16, 32, 32]
+    assert [r["val_acc"] is not None for r in trainer.history] == [False, True, False, True]
+
+
+def test_warm_up_leaves_no_trace(cifar_dir, tmp_path):
+    trainer = Trainer(_cfg(cifar_dir, resolutions=["16", "32"], res_milestones=["0.5"]), tmp_path, log=None)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    seconds = trainer.warm_up()
+    assert seconds > 0 and trainer.compile_s == seconds and trainer.step == 0
+    after = trainer.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # BN statistics included
+    assert not trainer.optimizer.state  # no momentum left behind
