@@ -42,6 +42,8 @@ class TrainConfig:
     data_dir: str = _f("./data", "folder holding cifar-100-python/ (env CIFAR100_DATA)")
     download: bool = _f(True, "download CIFAR-100 when it is not in --data-dir")
     val_size: int = _f(5000, "stratified validation images held out of train (0 = train on all 50k)")
+    train_size: int = _f(0, "use a stratified subset of this many training images (0 = all that are not "
+                            "validation): short experiments on a CPU")
     seed: int = _f(0, "seeds the split, the initialisation and every batch")
     # optimisation
     epochs: int = _f(30, "training epochs")
@@ -102,7 +104,7 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise UserError(f"--{_flag(name)} must be positive, got {getattr(self, name)}")
         nonneg = ["lr", "weight_decay", "l2", "warmup_epochs", "lr_decay", "grad_clip", "translate",
-                  "cutout", "val_size", "threads", "time_budget", "eval_every"]
+                  "cutout", "val_size", "threads", "time_budget", "eval_every", "train_size"]
         for name in nonneg:
             if getattr(self, name) < 0:
                 raise UserError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")

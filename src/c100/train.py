@@ -52,6 +52,9 @@ def load_data(cfg: TrainConfig, device: torch.device) -> Tensors:
         train, val = full.subset(tr), full.subset(va)
     else:
         train, val = full, None
+    if cfg.train_size and cfg.train_size < len(train.fine):  # the same stratified rule as the validation split
+        _, keep = data.stratified_split(train.fine, cfg.train_size, cfg.seed + 1)
+        train = train.subset(keep)
 
     def put(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(device)
@@ -160,8 +163,9 @@ def write_metrics_csv(history: list[dict], path: Path) -> None:
 class Trainer:
     """Holds the state of one run; `fit()` trains from state.epoch to cfg.epochs."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, log=print):
-        self.cfg, self.run_dir, self.log = cfg, Path(run_dir), log
+    def __init__(self, cfg: TrainConfig, run_dir: Path, log=print, on_epoch=None):
+        # on_epoch(trainer, row) runs after each epoch is saved (e.g. Optuna's pruning); may raise
+        self.cfg, self.run_dir, self.log, self.on_epoch = cfg, Path(run_dir), log, on_epoch
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         if cfg.deterministic:
@@ -359,6 +363,8 @@ class Trainer:
             self.history.append({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
             self.save(finished=last)
             self.log(format_row(row))
+            if self.on_epoch:
+                self.on_epoch(self, self.history[-1])
         return self.history[-1] if self.history else {}
 
     def validate(self) -> tuple[float, float]:
@@ -394,10 +400,10 @@ def _check_fresh(run_dir: Path) -> None:
                         f"--resume {run_dir} to continue it")
 
 
-def train(cfg: TrainConfig, run_dir: Path | str, log=print) -> Trainer:
+def train(cfg: TrainConfig, run_dir: Path | str, log=print, on_epoch=None) -> Trainer:
     run_dir = Path(run_dir)
     _check_fresh(run_dir)
-    trainer = Trainer(cfg, run_dir, log)  # loads data first: a bad data dir leaves no folder
+    trainer = Trainer(cfg, run_dir, log, on_epoch)  # loads data first: a bad data dir leaves no folder
     run_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(trainer.cfg.to_dict(), run_dir / "config.yaml")
     checkpoint.atomic_write_json(run_dir / "env.json", checkpoint.environment(trainer.device))
