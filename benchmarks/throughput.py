@@ -59,7 +59,8 @@ def main() -> int:
     args = ap.parse_args()
 
     cfg = resolve("default", None, {"model": args.model, "batch_size": args.batch_size, "data_dir": args.data_dir,
-                                    "precision": args.precision, "device": args.device, "epochs": 1})
+                                    "precision": args.precision, "device": args.device, "epochs": 1,
+                                    "val_size": 0})  # only a slice of train is used
     trainer = Trainer(cfg, Path("/nonexistent-unused"), log=lambda *_: None)
     n = args.steps * args.batch_size
     trainer.data.train_x, trainer.data.train_y = trainer.data.train_x[:n], trainer.data.train_y[:n]
