@@ -4,6 +4,8 @@ Each split lives on the device as one uint8 tensor N x 3 x 32 x 32. A batch is g
 permutation, augmented as a whole (translate with padding, horizontal flip, cutout) with no per-image
 Python, then normalised. Randomness comes from a generator seeded by (seed, epoch), so an epoch's
 batches depend only on those two numbers: a resumed run sees exactly the batches a straight run sees.
+Under DistributedDataParallel each rank keeps one slice of every global batch (`part`): the random
+numbers are still drawn for the whole global batch, so N processes augment exactly as one does.
 """
 
 from __future__ import annotations
@@ -27,22 +29,35 @@ class AugmentSpec:
     cutout: int = 0  # side of a square zeroed (after normalisation) at a random centre; 0 = off
 
 
+# A rank's slice of a global batch: (index of its first image, global batch size); None = all of it.
+Part = tuple[int, int] | None
+
+
+def _rows(x: torch.Tensor, part: Part, draw) -> torch.Tensor:
+    """Per-image random numbers: `draw(n)` for the whole global batch, then this slice's rows."""
+    lo, n = part or (0, x.shape[0])
+    return draw(n)[lo:lo + x.shape[0]]
+
+
 def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
     g = torch.Generator(device=device)
     g.manual_seed(seed * 1_000_003 + epoch)
     return g
 
 
-def translate(x: torch.Tensor, shift: int, mode: str, gen: torch.Generator) -> torch.Tensor:
+def translate(x: torch.Tensor, shift: int, mode: str, gen: torch.Generator, part: Part = None) -> torch.Tensor:
     """Shift every image by its own random (dy, dx) in [-shift, shift], filling by `mode` padding."""
     if shift <= 0:
         return x
-    n, _, h, w = x.shape
+    _, _, h, w = x.shape
     # reflect/replicate padding is not implemented for uint8 on every backend: pad as float16-safe
     # integers instead (values <= 255 are exact in any float type we use).
     padded = F.pad(x.float(), (shift,) * 4, mode=PAD_MODES[mode]).to(x.dtype)
-    dy = torch.randint(0, 2 * shift + 1, (n, 1, 1), device=x.device, generator=gen)
-    dx = torch.randint(0, 2 * shift + 1, (n, 1, 1), device=x.device, generator=gen)
+
+    def draw(m):
+        return torch.randint(0, 2 * shift + 1, (m, 1, 1), device=x.device, generator=gen)
+
+    dy, dx = _rows(x, part, draw), _rows(x, part, draw)
     rows = torch.arange(h, device=x.device).view(1, h, 1) + dy  # n x h x 1
     cols = torch.arange(w, device=x.device).view(1, 1, w) + dx  # n x 1 x w
     flat = rows * (w + 2 * shift) + cols  # n x h x w indices into each padded plane
@@ -51,10 +66,10 @@ def translate(x: torch.Tensor, shift: int, mode: str, gen: torch.Generator) -> t
     return planes.gather(2, idx).view_as(x)
 
 
-def flip(x: torch.Tensor, gen: torch.Generator, mask: torch.Tensor | None = None) -> torch.Tensor:
+def flip(x: torch.Tensor, gen: torch.Generator, mask: torch.Tensor | None = None, part: Part = None) -> torch.Tensor:
     """Mirror a random half of the batch, or exactly the images where `mask` is true."""
     if mask is None:
-        mask = torch.rand(x.shape[0], device=x.device, generator=gen) < 0.5
+        mask = _rows(x, part, lambda m: torch.rand(m, device=x.device, generator=gen)) < 0.5
     return torch.where(mask.view(-1, 1, 1, 1), x.flip(3), x)
 
 
@@ -65,14 +80,14 @@ def alternating_flips(flip_start: torch.Tensor, epoch: int) -> torch.Tensor:
     return flip_start ^ bool(epoch % 2)
 
 
-def cutout(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+def cutout(x: torch.Tensor, size: int, gen: torch.Generator, part: Part = None) -> torch.Tensor:
     """Zero a size x size square per image, centred anywhere (it may hang off the edge), as in
     DeVries & Taylor 2017."""
     if size <= 0:
         return x
-    n, _, h, w = x.shape
-    cy = torch.randint(0, h, (n, 1, 1), device=x.device, generator=gen)
-    cx = torch.randint(0, w, (n, 1, 1), device=x.device, generator=gen)
+    _, _, h, w = x.shape
+    cy = _rows(x, part, lambda m: torch.randint(0, h, (m, 1, 1), device=x.device, generator=gen))
+    cx = _rows(x, part, lambda m: torch.randint(0, w, (m, 1, 1), device=x.device, generator=gen))
     ys = torch.arange(h, device=x.device).view(1, h, 1)
     xs = torch.arange(w, device=x.device).view(1, 1, w)
     lo = size // 2
@@ -94,12 +109,12 @@ class Normalize:
 
 
 def augment(x: torch.Tensor, spec: AugmentSpec, norm: Normalize, gen: torch.Generator,
-            flip_mask: torch.Tensor | None = None) -> torch.Tensor:
-    x = translate(x, spec.translate, spec.pad_mode, gen)  # on uint8: a quarter of the bytes to move
+            flip_mask: torch.Tensor | None = None, part: Part = None) -> torch.Tensor:
+    x = translate(x, spec.translate, spec.pad_mode, gen, part)  # on uint8: a quarter of the bytes to move
     if spec.flip:
-        x = flip(x, gen, flip_mask)
+        x = flip(x, gen, flip_mask, part)
     x = norm(x)
-    return cutout(x, spec.cutout, gen)
+    return cutout(x, spec.cutout, gen, part)
 
 
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -111,17 +126,21 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
 
 def train_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, spec: AugmentSpec,
                   norm: Normalize, gen: torch.Generator, drop_last: bool = True,
-                  flip_mask: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                  flip_mask: torch.Tensor | None = None, rank: int = 0, world: int = 1
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch of augmented batches in a seeded random order. drop_last keeps every step the
     same shape (what compiled graphs and BatchNorm like); the dropped tail differs every epoch.
-    `flip_mask` (one bool per image) fixes which images are mirrored this epoch."""
+    `flip_mask` (one bool per image) fixes which images are mirrored this epoch. With `world` > 1,
+    `batch_size` is the global batch and this rank gets its contiguous 1/world of each one."""
     n = len(labels)
     perm = torch.randperm(n, device=images.device, generator=gen)
     stop = n - n % batch_size if drop_last and n >= batch_size else n
     for i in range(0, stop, batch_size):
-        idx = perm[i:i + batch_size]
+        batch = perm[i:i + batch_size]
+        lo = rank * len(batch) // world
+        idx = batch[lo:(rank + 1) * len(batch) // world]
         mask = flip_mask[idx] if flip_mask is not None else None
-        yield augment(images[idx], spec, norm, gen, mask), labels[idx]
+        yield augment(images[idx], spec, norm, gen, mask, (lo, len(batch))), labels[idx]
 
 
 def steps_per_epoch(n: int, batch_size: int, drop_last: bool = True) -> int:

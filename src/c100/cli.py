@@ -12,16 +12,18 @@ from c100 import UserError, __version__
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from c100 import config, train
+    from c100 import config, distributed, train
 
     flags = {name: getattr(args, name) for name in config.FIELDS}
     if args.resume:
         train.resume(args.resume, flags)
-        return 0
-    cfg = config.resolve(args.preset, args.config, flags)
-    out = args.out or os.path.join("runs", args.preset or "custom")
-    train.train(cfg, out)
-    print(f"done: {out}  (evaluate on the test set with: c100 evaluate {out})")
+    else:
+        cfg = config.resolve(args.preset, args.config, flags)
+        out = args.out or os.path.join("runs", args.preset or "custom")
+        train.train(cfg, out)
+        if distributed.is_main():
+            print(f"done: {out}  (evaluate on the test set with: c100 evaluate {out})")
+    distributed.cleanup()  # under torchrun: leave the process group before exiting
     return 0
 
 
@@ -46,6 +48,15 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     for path in plot_curves(args.run, args.out):
         print(path)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from c100.compare import compare_runs
+
+    table, png = compare_runs(args.runs, args.out, args.md)
+    print(table)
+    print(f"\nvalidation curves: {png}" + (f"\ntable: {args.md}" if args.md else ""))
     return 0
 
 
@@ -144,12 +155,25 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from c100.tune import tune
+
+    where = {"data_dir": args.data_dir, "device": args.device, "threads": args.threads}
+    try:
+        tune(args.space, args.trials, args.study_dir, args.pruner, args.seed, where)
+    except KeyboardInterrupt:
+        print("c100: interrupted; run the same command again to continue the search", file=sys.stderr)
+        return 130
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from c100.config import list_presets, load_preset
 
     for name in list_presets():
         p = load_preset(name)
-        print(f"{name:<10} {p.get('model', 'resnet18')}, {p.get('epochs')} epochs, {p.get('optimizer')} "
+        length = f"{p['time_budget']:g} s budget" if p.get("time_budget") else f"{p.get('epochs')} epochs"
+        print(f"{name:<14} {p.get('model', 'resnet18')}, {length}, {p.get('optimizer')} "
               f"lr {p.get('lr')}, batch {p.get('batch_size')}")
     return 0
 
@@ -185,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("run", help="run folder")
     pl.add_argument("--out", help="output path without extension (default RUN/curves)")
     pl.set_defaults(fn=cmd_plot)
+
+    cp = sub.add_parser("compare", help="several runs: one Markdown table and their validation curves in one PNG")
+    cp.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
+    cp.add_argument("--out", default="compare.png", help="PNG of the overlaid curves [default compare.png]")
+    cp.add_argument("--md", metavar="PATH", help="also save the table as Markdown to PATH")
+    cp.set_defaults(fn=cmd_compare)
 
     pr = sub.add_parser("predict", help="top-k labels for image files or folders of images")
     pr.add_argument("inputs", nargs="+", metavar="IMAGE|DIR", help="image files (any format Pillow reads) or folders")
@@ -243,6 +273,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="CIFAR-100 location for the gallery of test images (none shown if absent)")
     sv.set_defaults(fn=cmd_serve)
 
+    tu = sub.add_parser("tune", help="hyper-parameter search with Optuna, scored on the validation split (resumable)")
+    tu.add_argument("--space", default="default", help="search-space YAML file, or a packaged one [default]")
+    tu.add_argument("--trials", type=int, default=20,
+                    help="finished (completed + pruned) trials to reach; earlier runs of the study count [20]")
+    tu.add_argument("--study-dir", help="study.db, trial-NNNN/ runs and results (default runs/tune-SPACE); "
+                    "the same folder again resumes the search")
+    tu.add_argument("--pruner", choices=["median", "halving", "none"], default="median",
+                    help="stop poor trials early: median of earlier trials, successive halving, or never [median]")
+    tu.add_argument("--seed", type=int, default=0, help="seeds the sampler: the same command draws the same values")
+    tu.add_argument("--data-dir", help="folder holding cifar-100-python/ (default: the space's, env CIFAR100_DATA)")
+    tu.add_argument("--device", help="auto | cpu | cuda | mps (default: the space's)")
+    tu.add_argument("--threads", help="CPU threads for torch (default: the space's)")
+    tu.set_defaults(fn=cmd_tune)
+
     sub.add_parser("models", help="list the registered models").set_defaults(fn=cmd_models)
     sub.add_parser("presets", help="list the shipped presets").set_defaults(fn=cmd_presets)
     return p
@@ -253,7 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except UserError as e:
-        print(f"c100: error: {e}", file=sys.stderr)
+        from c100 import distributed
+
+        if distributed.reports_errors():  # under torchrun: one line per machine, not one per process
+            where = "" if distributed.is_main() else f" (rank {distributed.rank()})"
+            print(f"c100: error{where}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("c100: interrupted; a training run continues with `c100 train --resume RUN`", file=sys.stderr)

@@ -47,9 +47,11 @@ class TrainConfig:
     seed: int = _f(0, "seeds the split, the initialisation and every batch")
     # optimisation
     epochs: int = _f(30, "training epochs")
-    batch_size: int = _f(128, "images per step")
+    batch_size: int = _f(128, "images per step: the global batch, split evenly over torchrun's processes")
     optimizer: str = _f("sgd", "sgd (Nesterov) | adam | adamw")
     lr: float = _f(0.1, "peak learning rate")
+    lr_ref_batch: int = _f(0, "0 = --lr is used as given; else the peak lr is --lr * batch-size / lr-ref-batch "
+                              "(linear scaling, Goyal et al. 2017)")
     momentum: float = _f(0.9, "SGD momentum / Adam beta1")
     nesterov: bool = _f(True, "Nesterov momentum for SGD")
     adam_eps: float = _f(1e-8, "Adam epsilon (Keras uses 1e-7)")
@@ -88,6 +90,8 @@ class TrainConfig:
                                       " | max-autotune-no-cudagraphs")
     device: str = _f("auto", "auto | cpu | cuda | mps")
     threads: int = _f(0, "CPU threads for torch (0 = torch's default)")
+    sync_bn: bool = _f(False, "under torchrun: BatchNorm statistics over the global batch, not each process's "
+                              "slice (SyncBatchNorm)")
     deterministic: bool = _f(False, "torch.use_deterministic_algorithms (slower, bitwise repeatable)")
     eval_batch_size: int = _f(500, "images per evaluation step")
 
@@ -104,7 +108,7 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise UserError(f"--{_flag(name)} must be positive, got {getattr(self, name)}")
         nonneg = ["lr", "weight_decay", "l2", "warmup_epochs", "lr_decay", "grad_clip", "translate",
-                  "cutout", "val_size", "threads", "time_budget", "eval_every", "train_size"]
+                  "cutout", "val_size", "threads", "time_budget", "eval_every", "train_size", "lr_ref_batch"]
         for name in nonneg:
             if getattr(self, name) < 0:
                 raise UserError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")

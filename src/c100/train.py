@@ -3,6 +3,8 @@
 `train(cfg, run_dir)` runs a new training; `resume(run_dir)` continues a killed one from its last
 checkpoint and ends with the same weights an uninterrupted run would have (same seed, CPU,
 deterministic): batches depend only on (seed, epoch), and the checkpoint holds every other state.
+Under torchrun the same code runs as N processes that train like one (docs/distributed.md): each takes
+its slice of every global batch, DDP averages the gradients, and only rank 0 logs and writes.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from c100 import UserError, augment, checkpoint, data
+from c100 import UserError, augment, checkpoint, data, distributed
 from c100.augment import AugmentSpec, Normalize, epoch_generator, eval_batches, resize, steps_per_epoch
 from c100.config import TrainConfig, apply, from_dict, save_yaml
 from c100.device import autocast, resolve_precision, select_device
@@ -55,6 +57,8 @@ def load_data(cfg: TrainConfig, device: torch.device) -> Tensors:
     if cfg.train_size and cfg.train_size < len(train.fine):  # the same stratified rule as the validation split
         _, keep = data.stratified_split(train.fine, cfg.train_size, cfg.seed + 1)
         train = train.subset(keep)
+    if val:  # each process validates its own contiguous share; the sums are all-reduced
+        val = val.subset(distributed.shard(len(val)))
 
     def put(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(device)
@@ -63,15 +67,21 @@ def load_data(cfg: TrainConfig, device: torch.device) -> Tensors:
                    put(val.fine) if val else None, meta)
 
 
+def peak_lr(cfg: TrainConfig) -> float:
+    """--lr, scaled linearly with the global batch when --lr-ref-batch names the batch it was tuned for."""
+    return cfg.lr * cfg.batch_size / cfg.lr_ref_batch if cfg.lr_ref_batch else cfg.lr
+
+
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     # Weight decay on conv/linear weights only: decaying BN scales and biases only hurts.
     decay = [p for p in model.parameters() if p.ndim > 1]
     rest = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    lr = peak_lr(cfg)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999), eps=cfg.adam_eps)
+    return cls(groups, lr=lr, betas=(cfg.momentum, 0.999), eps=cfg.adam_eps)
 
 
 def lr_factor(cfg: TrainConfig, step: int, total: int, per_epoch: int, progress: float | None = None) -> float:
@@ -136,6 +146,8 @@ class EMA:
 @torch.no_grad()
 def evaluate_loss_acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
                       norm: Normalize, device: torch.device) -> tuple[float, float]:
+    """Loss and accuracy over (x, y), or over every process's (x, y) together: the sums and counts are
+    all-reduced, so each image counts once."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=device)
@@ -148,7 +160,9 @@ def evaluate_loss_acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: T
         loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum")
         correct += (logits.argmax(1) == yb).sum()
     model.train(was_training)
-    return loss_sum.item() / len(y), correct.item() / len(y)
+    sums = torch.stack([loss_sum.double(), correct.double(), torch.tensor(len(y), device=device).double()])
+    loss_sum, correct, n = distributed.all_reduce_sum(sums).tolist()
+    return loss_sum / n, correct / n
 
 
 def write_metrics_csv(history: list[dict], path: Path) -> None:
@@ -165,21 +179,27 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, log=print, on_epoch=None):
         # on_epoch(trainer, row) runs after each epoch is saved (e.g. Optuna's pruning); may raise
-        self.cfg, self.run_dir, self.log, self.on_epoch = cfg, Path(run_dir), log, on_epoch
+        self.cfg, self.run_dir, self.on_epoch = cfg, Path(run_dir), on_epoch
+        self.log = log if distributed.is_main() else _quiet  # rank-0 discipline: one voice, one set of files
+        self.world, self.rank = distributed.world_size(), distributed.rank()
+        distributed.local_batch(cfg.batch_size)  # the global batch splits evenly: checked before any process waits
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
-        self.device = select_device(cfg.device)
+        self.device = distributed.setup(select_device(cfg.device))  # cuda:LOCAL_RANK under torchrun
         if cfg.precision == "fp16" and self.device.type != "cuda":
             raise UserError("--precision fp16 needs a CUDA GPU; on CPU use bf16 or fp32")
         # "auto" resolves here; the run records the precision it really used.
         self.cfg = cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, self.device))
-        self.data = load_data(cfg, self.device)
+        with distributed.main_first():  # rank 0 downloads (if need be); the others then find the files
+            self.data = load_data(cfg, self.device)
         torch.manual_seed(cfg.seed)  # the initialisation depends on the seed only
         self.model = create_model(cfg.model).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if cfg.sync_bn:
+            self.model = distributed.sync_batchnorm(self.model, self.device)
         self.optimizer = build_optimizer(cfg, self.model)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.ema = EMA(self.model, cfg.ema) if cfg.ema else None
@@ -194,7 +214,10 @@ class Trainer:
         self.target: dict | None = None  # when val accuracy first reached cfg.target_acc
         self.l2_params = [p for p in self.model.parameters() if p.requires_grad] if cfg.l2 else []
         mode = None if cfg.compile_mode == "default" else cfg.compile_mode
-        self.forward = torch.compile(self.model, mode=mode) if cfg.compile else self.model
+        # DDP (under torchrun) averages the gradients in backward; compiling the DDP module lets dynamo
+        # split the graph at the gradient buckets so communication overlaps the backward pass.
+        self.ddp = distributed.wrap(self.model, self.device)
+        self.forward = torch.compile(self.ddp, mode=mode) if cfg.compile else self.ddp
         self.flip_start = None
         if cfg.alt_flip:  # which images start mirrored: fixed by the seed, so resumed runs agree
             g = epoch_generator(cfg.seed, -1, self.device)
@@ -244,6 +267,8 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
     def save(self, finished: bool) -> None:
+        if not distributed.is_main():
+            return
         state = self.state(finished)
         # best before last: a kill in between leaves last.pt one epoch behind, and replaying that
         # epoch deterministically rewrites the same best.pt.
@@ -262,12 +287,17 @@ class Trainer:
             return min(1.0, self.clock / self.cfg.time_budget)
         return self.step / self.total_steps
 
+    def agree(self, clock: float) -> float:
+        """With a time budget, every process takes the slowest one's clock: all then stop at the same step
+        and follow the same schedules (a process that stopped alone would hang the others)."""
+        return distributed.agree_max(clock) if self.cfg.time_budget else clock
+
     def budget_spent(self) -> bool:
         return bool(self.cfg.time_budget) and self.clock >= self.cfg.time_budget
 
     def set_lr(self) -> float:
         progress = self.progress() if self.cfg.time_budget else None
-        lr = self.cfg.lr * lr_factor(self.cfg, self.step, self.total_steps, self.per_epoch, progress)
+        lr = peak_lr(self.cfg) * lr_factor(self.cfg, self.step, self.total_steps, self.per_epoch, progress)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         return lr
@@ -295,7 +325,7 @@ class Trainer:
         gen = epoch_generator(cfg.seed, epoch, self.device)
         mask = augment.alternating_flips(self.flip_start, epoch) if self.flip_start is not None else None
         return augment.train_batches(self.data.train_x, self.data.train_y, cfg.batch_size, self.spec, self.norm, gen,
-                             flip_mask=mask)
+                                     flip_mask=mask, rank=self.rank, world=self.world)
 
     def warm_up(self) -> float:
         """Compile (and record CUDA graphs) before the clock starts: three steps at every training
@@ -325,7 +355,7 @@ class Trainer:
         correct = torch.zeros((), device=dev, dtype=torch.long)
         seen, res = 0, resolution_at(cfg, self.progress())
         bar = tqdm(self.batches(self.epoch), total=self.per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
-                   leave=False, disable=None, file=sys.stderr, dynamic_ncols=True)
+                   leave=False, disable=None if distributed.is_main() else True, file=sys.stderr, dynamic_ncols=True)
         clock0, t0 = self.clock, time.perf_counter()
         for x, y in bar:
             if self.budget_spent():  # the clock of a GPU step lags (async), by a step or two at most
@@ -339,11 +369,14 @@ class Trainer:
             loss_sum += loss * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
-            self.clock = clock0 + time.perf_counter() - t0
+            self.clock = self.agree(clock0 + time.perf_counter() - t0)
         bar.close()
-        loss_mean, acc = loss_sum.item() / seen, correct.item() / seen  # .item() waits for the device
+        # over every process's images; .item() (in tolist) waits for the device
+        sums = torch.stack([loss_sum.double(), correct.double(), torch.tensor(seen, device=dev).double()])
+        loss_sum, correct, seen = distributed.all_reduce_sum(sums).tolist()
+        loss_mean, acc = loss_sum / seen, correct / seen
         train_s = time.perf_counter() - t0
-        self.clock = clock0 + train_s
+        self.clock = self.agree(clock0 + train_s)
         return {"lr": lr, "res": res, "train_loss": loss_mean, "train_acc": acc, "train_s": train_s,
                 "images_per_s": seen / train_s}
 
@@ -370,17 +403,23 @@ class Trainer:
     def validate(self) -> tuple[float, float]:
         """Validation loss and accuracy (of the EMA weights when kept); tracks best and target."""
         judged = self.ema.model if self.ema else self.model
+        distributed.broadcast_buffers(judged)  # one model judged: rank 0's BN statistics everywhere
         val_loss, val_acc = evaluate_loss_acc(judged, self.data.val_x, self.data.val_y, self.cfg, self.norm,
                                               self.device)
-        if val_acc > self.best_acc:
+        if val_acc > self.best_acc:  # the same all-reduced accuracy on every process
             self.best_acc = val_acc
-            self.best_state = {"model": _clone(self.model), "epoch": self.epoch,
-                               "ema": _clone(self.ema.model) if self.ema else None}
+            if distributed.is_main():  # the only one that writes best.pt
+                self.best_state = {"model": _clone(self.model), "epoch": self.epoch,
+                                   "ema": _clone(self.ema.model) if self.ema else None}
         if self.cfg.target_acc and self.target is None and val_acc >= self.cfg.target_acc:
             self.target = {"val_acc": val_acc, "epoch": self.epoch, "train_s": round(self.clock, 3)}
             self.log(f"target {self.cfg.target_acc:.2%} reached: val {val_acc:.2%} at epoch {self.epoch}, "
                      f"{self.clock:.1f} s of training")
         return val_loss, val_acc
+
+
+def _quiet(*_) -> None:
+    pass
 
 
 def _clone(model: nn.Module) -> dict:
@@ -404,19 +443,23 @@ def train(cfg: TrainConfig, run_dir: Path | str, log=print, on_epoch=None) -> Tr
     run_dir = Path(run_dir)
     _check_fresh(run_dir)
     trainer = Trainer(cfg, run_dir, log, on_epoch)  # loads data first: a bad data dir leaves no folder
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_yaml(trainer.cfg.to_dict(), run_dir / "config.yaml")
-    checkpoint.atomic_write_json(run_dir / "env.json", checkpoint.environment(trainer.device))
+    if distributed.is_main():  # every process has checked the folder (Trainer waits at a barrier)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_yaml(trainer.cfg.to_dict(), run_dir / "config.yaml")
+        env = dict(checkpoint.environment(trainer.device), processes=trainer.world)
+        checkpoint.atomic_write_json(run_dir / "env.json", env)
     length = f"{cfg.time_budget:g} s (at most {cfg.epochs} epochs)" if cfg.time_budget else f"{cfg.epochs} epochs"
-    log(f"training {cfg.model} for {length} on {checkpoint.device_name(trainer.device)} -> {run_dir}")
-    _warm_up(trainer, log)
+    where = checkpoint.device_name(trainer.device) + (f" x {trainer.world} processes" if trainer.world > 1 else "")
+    lr = f", peak lr {peak_lr(cfg):g} (scaled from {cfg.lr:g} at batch {cfg.lr_ref_batch})" if cfg.lr_ref_batch else ""
+    trainer.log(f"training {cfg.model} for {length} on {where}{lr} -> {run_dir}")
+    _warm_up(trainer)
     trainer.fit()
     return trainer
 
 
-def _warm_up(trainer: Trainer, log) -> None:
+def _warm_up(trainer: Trainer) -> None:
     if trainer.cfg.compile:
-        log(f"compiled and warmed up in {trainer.warm_up():.1f} s (one-time cost, not in the training clock)")
+        trainer.log(f"compiled and warmed up in {trainer.warm_up():.1f} s (one-time cost, not in the training clock)")
 
 
 def resume(run_dir: Path | str, overrides: dict | None = None, log=print) -> Trainer:
@@ -440,7 +483,7 @@ def resume(run_dir: Path | str, overrides: dict | None = None, log=print) -> Tra
     cfg = from_dict(values).validate()
     trainer = Trainer(cfg, run_dir, log)
     trainer.restore(state)
-    log(f"resuming {run_dir} at epoch {trainer.epoch}/{cfg.epochs}")
-    _warm_up(trainer, log)
+    trainer.log(f"resuming {run_dir} at epoch {trainer.epoch}/{cfg.epochs}")
+    _warm_up(trainer)
     trainer.fit()
     return trainer

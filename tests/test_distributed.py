@@ -1,0 +1,120 @@
+"""torchrun + DistributedDataParallel on CPU (gloo): two processes train like one process with the same
+global batch and seed, and write one set of files. The slow tests launch real torchrun processes (about
+20 s each on two busy cores, most of it importing torch)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from c100 import UserError, distributed
+from c100.augment import AugmentSpec, Normalize, epoch_generator, train_batches
+from c100.config import resolve
+from c100.train import peak_lr, train
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+# Measured (2 processes vs 1, sync_bn, 16 steps): 7.8e-5. One process with 2 threads instead of 1 differs
+# from itself by 5.9e-5 (float sums in another order, grown by training); without sync_bn the
+# difference is 2.9e-2. So 1e-3 passes the noise and catches a real difference.
+TOLERANCE = 1e-3
+
+
+def _torchrun(args: list[str], *, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = dict(os.environ, C100_ANY_SIZE="1", OMP_NUM_THREADS="1")  # 2 processes on 2 cores: a thread each
+    return subprocess.run(TORCHRUN + args, capture_output=True, text=True, env=env, timeout=timeout,
+                          cwd=Path(__file__).parent)
+
+
+def _config(tmp_path: Path, cifar_dir: Path, **kw) -> Path:
+    values = {"model": "tiny-net", "data_dir": str(cifar_dir), "download": False, "val_size": 101,
+              "train_size": 256, "epochs": 2, "batch_size": 32, "precision": "fp32", "threads": 1,
+              "sync_bn": True, "cutout": 8, "alt_flip": True, "ema": 0.9, "label_smoothing": 0.1,
+              "grad_clip": 5.0, "l2": 1e-4, **kw}
+    path = tmp_path / "config.yaml"
+    path.write_text("".join(f"{k}: {v}\n" for k, v in values.items()))
+    return path
+
+
+def test_slices_of_a_global_batch_are_the_one_process_batch():
+    images = torch.randint(0, 256, (100, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    labels, cpu = torch.arange(100), torch.device("cpu")
+    spec, norm = AugmentSpec(translate=4, flip=True, cutout=8), Normalize("cifar100", cpu)
+
+    def epoch(rank, world):
+        return list(train_batches(images, labels, 32, spec, norm, epoch_generator(0, 3, cpu), rank=rank, world=world))
+
+    whole, parts = epoch(0, 1), [epoch(r, 2) for r in range(2)]
+    for (x, y), (x0, y0), (x1, y1) in zip(whole, *parts, strict=True):
+        assert len(y0) == len(y1) == 16
+        assert torch.equal(torch.cat([x0, x1]), x) and torch.equal(torch.cat([y0, y1]), y)  # bit for bit
+
+
+def test_shards_and_local_batch(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    shards = []
+    for r in range(2):
+        monkeypatch.setenv("RANK", str(r))
+        shards.append(distributed.shard(101))
+    assert shards == [slice(0, 50), slice(50, 101)]  # every image once: no padding, no duplicate
+    assert distributed.local_batch(32) == 16
+    with pytest.raises(UserError, match="--batch-size 33 is the global batch and must split evenly over the 2"):
+        distributed.local_batch(33)
+
+
+def test_lr_scaling_is_explicit():
+    flags = {"lr": "0.1", "batch_size": "512"}
+    assert peak_lr(resolve("default", None, flags)) == 0.1  # lr_ref_batch 0: the lr as given
+    assert peak_lr(resolve("default", None, {**flags, "lr_ref_batch": "128"})) == pytest.approx(0.4)
+
+
+def test_two_processes_train_like_one(cifar_dir, tmp_path):
+    cfg_file = _config(tmp_path, cifar_dir)
+    run = tmp_path / "two"
+    r = _torchrun(["run_c100.py", "train", "--config", str(cfg_file), "--out", str(run)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    threads = torch.get_num_threads()
+    try:
+        one = train(resolve("default", str(cfg_file), {}), tmp_path / "one", log=lambda *_: None)
+    finally:
+        torch.set_num_threads(threads)  # the config's 1 thread must not slow the tests that follow
+
+    two = torch.load(run / "last.pt", weights_only=True)
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in two["model"])  # saved unwrapped
+    for name, ref in (("model", one.model), ("ema", one.ema.model)):
+        assert two[name].keys() == ref.state_dict().keys()  # SyncBatchNorm keeps BatchNorm's keys
+        for k, v in ref.state_dict().items():
+            diff = (v.double() - two[name][k].double()).abs().max().item()
+            assert diff < TOLERANCE, f"{name}.{k} differs by {diff:.3g}"
+    hist = two["history"]
+    assert [h["epoch"] for h in hist] == [h["epoch"] for h in one.history] == [1, 2]
+    for h, o in zip(hist, one.history, strict=True):
+        assert h["lr"] == o["lr"] and h["train_loss"] == pytest.approx(o["train_loss"], rel=1e-4)
+        assert h["val_loss"] == pytest.approx(o["val_loss"], rel=1e-4) and abs(h["val_acc"] - o["val_acc"]) <= 1 / 101
+        assert abs(h["val_acc"] * 101 - round(h["val_acc"] * 101)) < 1e-3  # counted over the 101 images
+    # one set of files and logs: rank 1 wrote nothing and printed nothing
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.yaml", "env.json", "last.pt", "metrics.csv"]
+    assert len((run / "metrics.csv").read_text().strip().splitlines()) == 3
+    assert "x 2 processes" in r.stdout and r.stdout.count("epoch   1 ") == 1 and r.stdout.count("done:") == 1
+
+
+def test_time_budget_stops_every_process_at_the_same_step(cifar_dir, tmp_path):
+    """Each process would stop on its own clock a step apart and hang the other; they share the slowest."""
+    cfg_file = _config(tmp_path, cifar_dir, epochs=1000, time_budget=1.5, eval_every=0, sync_bn=False)
+    r = _torchrun(["run_c100.py", "train", "--config", str(cfg_file), "--out", str(tmp_path / "run")])
+    assert r.returncode == 0, r.stderr[-3000:]
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert state["finished"] and state["clock_s"] >= 1.5 and len(state["history"]) < 1000
+
+
+def test_torchrun_module_command_and_one_line_error(tmp_path):
+    """The command line of docs/distributed.md; an uneven global batch fails before any process waits."""
+    r = _torchrun(["-m", "c100", "train", "--batch-size", "33", "--no-download", "--data-dir", str(tmp_path),
+                   "--out", str(tmp_path / "run")], timeout=120)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("c100: error")]
+    assert r.returncode != 0 and errors == [
+        "c100: error: --batch-size 33 is the global batch and must split evenly over the 2 processes; use a "
+        "multiple of 2 (e.g. 32)"], r.stderr[-3000:]
+    assert not (tmp_path / "run").exists()
