@@ -217,7 +217,9 @@ class Trainer:
         # DDP (under torchrun) averages the gradients in backward; compiling the DDP module lets dynamo
         # split the graph at the gradient buckets so communication overlaps the backward pass.
         self.ddp = distributed.wrap(self.model, self.device)
-        self.forward = torch.compile(self.ddp, mode=mode) if cfg.compile else self.ddp
+        # dynamic=False: one static graph per training resolution (progressive resizing) rather than a
+        # slower shape-generic graph after the second shape.
+        self.forward = torch.compile(self.ddp, mode=mode, dynamic=False) if cfg.compile else self.ddp
         self.flip_start = None
         if cfg.alt_flip:  # which images start mirrored: fixed by the seed, so resumed runs agree
             g = epoch_generator(cfg.seed, -1, self.device)
