@@ -1,0 +1,77 @@
+"""Does torch.compile pay for training? The c100 trainer eager vs compiled, side by side in one process:
+the one-time compilation (Trainer.warm_up) is measured apart, then rounds alternate (eager, compiled,
+eager, ...) over the same slice of the real training split at one resolution; medians are reported,
+with the break-even training time (compile_s / (1 - eager_time / compiled_time)).
+
+    python benchmarks/compile_speed.py --data-dir data --res 16 --steps 6 --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from c100 import checkpoint
+from c100.config import resolve
+from c100.train import Trainer
+
+
+def make_trainer(args, compiled: bool) -> Trainer:
+    flags = {"model": args.model, "batch_size": args.batch_size, "data_dir": args.data_dir, "val_size": 0,
+             "precision": args.precision, "device": args.device, "epochs": 1, "compile": compiled,
+             "resolutions": [args.res, args.res], "res_milestones": [0.5]}  # a fixed resolution
+    trainer = Trainer(resolve("default", None, flags), Path("/nonexistent-unused"), log=lambda *_: None)
+    n = args.steps * args.batch_size
+    trainer.data.train_x, trainer.data.train_y = trainer.data.train_x[:n], trainer.data.train_y[:n]
+    trainer.per_epoch = args.steps
+    return trainer
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data-dir", default="data")
+    ap.add_argument("--model", default="resnet18")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--res", type=int, default=32, help="training resolution in pixels")
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--steps", type=int, default=6, help="optimizer steps per round")
+    ap.add_argument("--rounds", type=int, default=5, help="timed rounds of each")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default="benchmarks/results/compile-cpu.json")
+    args = ap.parse_args()
+
+    eager, compiled = make_trainer(args, False), make_trainer(args, True)
+    compile_s = compiled.warm_up()
+    eager.warm_up()  # the same few steps, so both start from equally warm kernels
+    print(f"compile + warm-up: {compile_s:.1f} s", flush=True)
+    rows = []
+    for r in range(args.rounds):
+        e = eager.train_one_epoch()["images_per_s"]
+        c = compiled.train_one_epoch()["images_per_s"]
+        print(f"round {r}: eager {e:.1f} img/s, compiled {c:.1f} img/s, ratio {c / e:.3f}", flush=True)
+        rows.append({"eager": e, "compiled": c, "ratio": c / e})
+    ratio = statistics.median(r["ratio"] for r in rows)
+    result = {
+        "benchmark": "compile-speed", "command": "python " + " ".join(sys.argv),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": checkpoint.device_name(eager.device), "torch": torch.__version__, "git": checkpoint.git_revision(),
+        "model": args.model, "batch_size": args.batch_size, "res": args.res, "precision": eager.cfg.precision,
+        "compile_s": compile_s, "rounds": rows,
+        "eager_images_per_s": statistics.median(r["eager"] for r in rows),
+        "compiled_images_per_s": statistics.median(r["compiled"] for r in rows),
+        "ratio_median": ratio,
+        "break_even_train_s": compile_s / (1 - 1 / ratio) if ratio > 1 else None,
+    }
+    checkpoint.atomic_write_json(Path(args.out), result)
+    print(json.dumps({k: v for k, v in result.items() if k != "rounds"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
