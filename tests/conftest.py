@@ -60,6 +60,15 @@ def tiny_net(num_classes: int = 100) -> nn.Module:
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))
 
 
+def tiny_cfg(cifar_dir: Path, **kw):
+    """A validated config for a fast tiny-net run on the synthetic data; keyword args override."""
+    from c100.config import resolve
+
+    flags = {"model": "tiny-net", "data_dir": str(cifar_dir), "val_size": "100", "epochs": "3",
+             "batch_size": "64", "precision": "fp32", "download": False, "threads": "2"}
+    return resolve("default", None, {**flags, **kw})
+
+
 @pytest.fixture(autouse=True)
 def _any_size(monkeypatch):
     monkeypatch.setenv("C100_ANY_SIZE", "1")  # synthetic sets are smaller than the real 50k/10k

@@ -8,13 +8,7 @@ from c100 import UserError
 from c100.augment import AugmentSpec, Normalize, alternating_flips, resize, train_batches
 from c100.config import resolve
 from c100.train import Trainer, lr_factor, resolution_at, train
-
-
-def _cfg(cifar_dir, **kw):
-    flags = {"model": "tiny-net", "data_dir": str(cifar_dir), "val_size": "100", "epochs": "3",
-             "batch_size": "64", "precision": "fp32", "download": False, "threads": "2"}
-    flags.update(kw)
-    return resolve("default", None, flags)
+from conftest import tiny_cfg
 
 
 def test_budget_schedule_follows_the_clock():
@@ -72,7 +66,7 @@ def test_alternating_flips_show_each_image_both_ways():
 
 
 def test_time_budget_stops_on_time_and_decays_to_zero(cifar_dir, tmp_path):
-    trainer = train(_cfg(cifar_dir, epochs="1000", time_budget="2", eval_every="0", target_acc="0.001"),
+    trainer = train(tiny_cfg(cifar_dir, epochs="1000", time_budget="2", eval_every="0", target_acc="0.001"),
                     tmp_path / "run", log=lambda *_: None)
     h = trainer.history
     assert len(h) < 1000 and trainer.clock >= 2.0  # stopped by the clock, not the epoch cap
@@ -87,14 +81,14 @@ def test_time_budget_stops_on_time_and_decays_to_zero(cifar_dir, tmp_path):
 
 
 def test_progressive_resizing_and_eval_every(cifar_dir, tmp_path):
-    trainer = train(_cfg(cifar_dir, epochs="4", resolutions=["16", "32"], res_milestones=["0.5"], eval_every="2",
+    trainer = train(tiny_cfg(cifar_dir, epochs="4", resolutions=["16", "32"], res_milestones=["0.5"], eval_every="2",
                          alt_flip=True), tmp_path / "run", log=lambda *_: None)
     assert [r["res"] for r in trainer.history] == [16, 16, 32, 32]
     assert [r["val_acc"] is not None for r in trainer.history] == [False, True, False, True]
 
 
 def test_warm_up_leaves_no_trace(cifar_dir, tmp_path):
-    trainer = Trainer(_cfg(cifar_dir, resolutions=["16", "32"], res_milestones=["0.5"]), tmp_path, log=None)
+    trainer = Trainer(tiny_cfg(cifar_dir, resolutions=["16", "32"], res_milestones=["0.5"]), tmp_path, log=None)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     seconds = trainer.warm_up()
     assert seconds > 0 and trainer.compile_s == seconds and trainer.step == 0
@@ -105,7 +99,7 @@ def test_warm_up_leaves_no_trace(cifar_dir, tmp_path):
 
 def test_train_size_subset_and_epoch_hook(cifar_dir, tmp_path):
     rows = []
-    trainer = train(_cfg(cifar_dir, epochs="2", train_size="300"), tmp_path / "run", log=lambda *_: None,
+    trainer = train(tiny_cfg(cifar_dir, epochs="2", train_size="300"), tmp_path / "run", log=lambda *_: None,
                     on_epoch=lambda t, row: rows.append(row))
     y = trainer.data.train_y
     assert len(y) == 300 and torch.bincount(y, minlength=100).max() <= 4  # stratified: ~3 per class
@@ -116,7 +110,7 @@ def test_target_records_the_first_reach(cifar_dir, tmp_path, monkeypatch):
     accs = iter([0.2, 0.5, 0.4, 0.7])
     monkeypatch.setattr("c100.train.evaluate_loss_acc", lambda *a: (1.0, next(accs)))
     lines = []
-    trainer = train(_cfg(cifar_dir, epochs="4", target_acc="0.45"), tmp_path / "run", log=lines.append)
+    trainer = train(tiny_cfg(cifar_dir, epochs="4", target_acc="0.45"), tmp_path / "run", log=lines.append)
     assert trainer.target["epoch"] == 2 and trainer.target["val_acc"] == 0.5
     assert trainer.target["train_s"] == pytest.approx(trainer.history[1]["clock_s"], abs=1e-3)
     assert sum("target 45.00% reached" in line for line in lines) == 1

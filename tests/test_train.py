@@ -8,14 +8,7 @@ from c100 import UserError, checkpoint
 from c100.cli import main
 from c100.config import resolve
 from c100.train import l2_penalty, lr_factor, resume, train
-from conftest import write_cifar
-
-
-def _cfg(cifar_dir, **kw):
-    flags = {"model": "tiny-net", "data_dir": str(cifar_dir), "val_size": "100", "epochs": "3",
-             "batch_size": "64", "precision": "fp32", "download": False, "threads": "2"}
-    flags.update(kw)
-    return resolve("default", None, flags)
+from conftest import tiny_cfg, write_cifar
 
 
 def test_lr_schedules():
@@ -40,14 +33,14 @@ def test_l2_penalty_matches_tf_l2_loss():
 
 def test_resumed_run_equals_straight_run(cifar_dir, tmp_path):
     kw = {"ema": "0.9", "label_smoothing": "0.1", "cutout": "8", "l2": "1e-4", "grad_clip": "5"}
-    straight = train(_cfg(cifar_dir, **kw), tmp_path / "straight", log=lambda *_: None)
+    straight = train(tiny_cfg(cifar_dir, **kw), tmp_path / "straight", log=lambda *_: None)
 
     def killer(line):  # stop the second run right after epoch 2 is saved, as a kill would
         if line.startswith("epoch   2"):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(_cfg(cifar_dir, **kw), tmp_path / "killed", log=killer)
+        train(tiny_cfg(cifar_dir, **kw), tmp_path / "killed", log=killer)
     assert checkpoint.load(tmp_path / "killed" / "last.pt")["epoch"] == 2
     resumed = resume(tmp_path / "killed", log=lambda *_: None)
     for name in ("model", "ema"):
@@ -66,7 +59,7 @@ def test_resumed_run_equals_straight_run(cifar_dir, tmp_path):
 
 
 def test_checkpoint_contract(cifar_dir, tmp_path):
-    train(_cfg(cifar_dir, epochs="1", ema="0.5"), tmp_path / "run", log=lambda *_: None)
+    train(tiny_cfg(cifar_dir, epochs="1", ema="0.5"), tmp_path / "run", log=lambda *_: None)
     for name in ("last.pt", "best.pt"):
         state = torch.load(tmp_path / "run" / name, weights_only=True)  # plain tensors and values only
         assert state["arch"] == "tiny-net" and state["epoch"] == 1 and len(state["classes"]) == 100
@@ -97,7 +90,7 @@ def test_cli_train_and_evaluate_resnet18(tmp_path, capsys):
 
 
 def test_cli_errors_are_one_line(cifar_dir, tmp_path, capsys):
-    train(_cfg(cifar_dir, epochs="1"), tmp_path / "run", log=lambda *_: None)
+    train(tiny_cfg(cifar_dir, epochs="1"), tmp_path / "run", log=lambda *_: None)
     before = (tmp_path / "run" / "last.pt").read_bytes()
     cases = [
         (["train", "--out", str(tmp_path / "run"), "--data-dir", str(cifar_dir)], "already exists and is not empty"),
@@ -118,7 +111,7 @@ def test_cli_errors_are_one_line(cifar_dir, tmp_path, capsys):
 
 
 def test_checkpoint_of_another_model(cifar_dir, tmp_path):
-    train(_cfg(cifar_dir, epochs="1"), tmp_path / "run", log=lambda *_: None)
+    train(tiny_cfg(cifar_dir, epochs="1"), tmp_path / "run", log=lambda *_: None)
     state = checkpoint.load(tmp_path / "run" / "last.pt")
     state["arch"] = "resnet18"  # claims to be a ResNet18 but holds tiny-net weights
     checkpoint.save(state, tmp_path / "wrong.pt")
@@ -137,7 +130,7 @@ def test_resume_refuses_config_changes(cifar_dir, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(_cfg(cifar_dir, epochs="2"), tmp_path / "run", log=killer)
+        train(tiny_cfg(cifar_dir, epochs="2"), tmp_path / "run", log=killer)
     with pytest.raises(UserError, match="--lr cannot change when resuming"):
         resume(tmp_path / "run", {"lr": "0.5"})
 
@@ -150,7 +143,7 @@ def test_python_m_entry_point_and_no_traceback():
 
 
 def test_plot_curves(cifar_dir, tmp_path, capsys):
-    train(_cfg(cifar_dir, epochs="2"), tmp_path / "run", log=lambda *_: None)
+    train(tiny_cfg(cifar_dir, epochs="2"), tmp_path / "run", log=lambda *_: None)
     assert main(["plot", str(tmp_path / "run")]) == 0
     png, svg = (tmp_path / "run" / "curves.png"), (tmp_path / "run" / "curves.svg")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and b"<svg" in svg.read_bytes()[:1000]
@@ -165,7 +158,7 @@ def test_plot_curves(cifar_dir, tmp_path, capsys):
 def test_compiled_training_saves_a_plain_checkpoint(cifar_dir, tmp_path):
     """--compile trains through torch.compile (~30 s of compilation on 2 cores) and still saves the
     unwrapped model: no `_orig_mod.` prefixes, loadable into a fresh model."""
-    trainer = train(_cfg(cifar_dir, epochs="1", compile=True), tmp_path / "run", log=lambda *_: None)
+    trainer = train(tiny_cfg(cifar_dir, epochs="1", compile=True), tmp_path / "run", log=lambda *_: None)
     assert trainer.forward is not trainer.model  # really compiled
     assert trainer.compile_s > 0 and trainer.clock < trainer.compile_s  # measured apart from training
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
