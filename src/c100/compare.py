@@ -150,6 +150,9 @@ def plot_overlay(runs: list[RunSummary], out: Path) -> Path:
             style.update(marker="o", markersize=3)
         ax_acc.plot(ep, [100 * a for a in acc], **style)
         ax_loss.plot(*validated(r.metrics, "val_loss"), **style)
+    losses = [v for r in runs for v in validated(r.metrics, "val_loss")[1] if v > 0]
+    if losses and max(losses) > 100 * min(losses):  # a blow-up (Adam at lr 0.1) would flatten the rest
+        ax_loss.set(yscale="log", ylabel="loss (log scale)")
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
     ax_acc.legend(loc="best", fontsize=8)
