@@ -16,21 +16,9 @@ import sys
 from pathlib import Path
 
 import torch
+from throughput import sliced_trainer  # benchmarks/ is on sys.path when a script there runs
 
 from c100 import checkpoint
-from c100.config import resolve
-from c100.train import Trainer
-
-
-def make_trainer(args, compiled: bool) -> Trainer:
-    flags = {"model": args.model, "batch_size": args.batch_size, "data_dir": args.data_dir, "val_size": 0,
-             "precision": args.precision, "device": args.device, "epochs": 1, "compile": compiled,
-             "resolutions": [args.res, args.res], "res_milestones": [0.5]}  # a fixed resolution
-    trainer = Trainer(resolve("default", None, flags), Path("/nonexistent-unused"), log=lambda *_: None)
-    n = args.steps * args.batch_size
-    trainer.data.train_x, trainer.data.train_y = trainer.data.train_x[:n], trainer.data.train_y[:n]
-    trainer.per_epoch = args.steps
-    return trainer
 
 
 def main() -> int:
@@ -46,7 +34,8 @@ def main() -> int:
     ap.add_argument("--out", default="benchmarks/results/compile-cpu.json")
     args = ap.parse_args()
 
-    eager, compiled = make_trainer(args, False), make_trainer(args, True)
+    fixed = {"resolutions": [args.res]}  # one training resolution
+    eager, compiled = sliced_trainer(args, compile=False, **fixed), sliced_trainer(args, compile=True, **fixed)
     compile_s = compiled.warm_up()
     eager.warm_up()  # the same few steps, so both start from equally warm kernels
     print(f"compile + warm-up: {compile_s:.1f} s", flush=True)

@@ -46,6 +46,18 @@ def bare_round(model, opt, x, y, batch, precision, device, channels_last) -> flo
     return (len(y) // batch * batch) / (time.perf_counter() - t0)
 
 
+def sliced_trainer(args, **flags) -> Trainer:
+    """A real Trainer whose "epoch" is args.steps batches of the training split (no validation split)."""
+    cfg = resolve("default", None, {"model": args.model, "batch_size": args.batch_size, "data_dir": args.data_dir,
+                                    "precision": args.precision, "device": args.device, "epochs": 1,
+                                    "val_size": 0, **flags})
+    trainer = Trainer(cfg, Path("/nonexistent-unused"), log=lambda *_: None)
+    n = args.steps * args.batch_size
+    trainer.data.train_x, trainer.data.train_y = trainer.data.train_x[:n], trainer.data.train_y[:n]
+    trainer.per_epoch = args.steps
+    return trainer
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", default="data")
@@ -58,14 +70,8 @@ def main() -> int:
     ap.add_argument("--out", default="benchmarks/results/throughput-cpu.json")
     args = ap.parse_args()
 
-    cfg = resolve("default", None, {"model": args.model, "batch_size": args.batch_size, "data_dir": args.data_dir,
-                                    "precision": args.precision, "device": args.device, "epochs": 1,
-                                    "val_size": 0})  # only a slice of train is used
-    trainer = Trainer(cfg, Path("/nonexistent-unused"), log=lambda *_: None)
-    n = args.steps * args.batch_size
-    trainer.data.train_x, trainer.data.train_y = trainer.data.train_x[:n], trainer.data.train_y[:n]
-    trainer.per_epoch = args.steps
-    dev, prec = trainer.device, trainer.cfg.precision
+    trainer = sliced_trainer(args)
+    cfg, dev, prec = trainer.cfg, trainer.device, trainer.cfg.precision
 
     torch.manual_seed(0)
     bare_model = create_model(args.model).to(dev)
