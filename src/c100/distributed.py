@@ -81,6 +81,9 @@ def setup(device: torch.device) -> torch.device:
 def cleanup() -> None:
     global _clock_group
     if dist.is_initialized():
+        # wait for every process first: one that tears its gloo threads down while rank 0 still writes
+        # checkpoints can abort ("terminate called without an active exception")
+        dist.barrier()
         dist.destroy_process_group()
         _clock_group = None
 
