@@ -38,16 +38,18 @@ def resolve_checkpoint(run: str | Path, which: str = "last") -> Path:
     raise UserError(f"{run} is neither a run folder nor a checkpoint file; pass a folder written by `c100 train`")
 
 
-def load_model(state: dict, source: str, device: torch.device, use_ema: bool = True) -> nn.Module:
+def load_model(state: dict, source: str, device: torch.device, use_ema: bool = True,
+               channels_last: bool = False) -> nn.Module:
     arch = state.get("arch") or state["config"].get("model")
     model = create_model(arch)
     weights = state["ema"] if use_ema and state.get("ema") is not None else state["model"]
     checkpoint.load_weights(model, weights, source, arch)
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, norm: Normalize, batch_size: int = 500,
+def predict_logits(model: nn.Module, images: torch.Tensor, norm: Normalize, batch_size: int = 100,
                    tta_flip: bool = False, precision: str = "fp32", channels_last: bool = False) -> torch.Tensor:
     """Logits (float32, on CPU) for uint8 images N x 3 x 32 x 32 on the model's device."""
     device = next(model.parameters()).device
@@ -95,14 +97,15 @@ def load_eval_split(cfg, split: str) -> tuple[data.Split, data.Meta]:
 
 
 def measure(model: nn.Module, norm: Normalize, images: data.Split, meta: data.Meta, tta: bool = False,
-            head: dict | None = None) -> tuple[dict, torch.Tensor]:
+            head: dict | None = None, batch_size: int = 100, channels_last: bool = False) -> tuple[dict, torch.Tensor]:
     """Metrics of a model on a split (and with flip TTA, separately); also returns the logits."""
     x = torch.from_numpy(images.images)
     t0 = time.perf_counter()
-    logits = predict_logits(model, x, norm)
+    logits = predict_logits(model, x, norm, batch_size, channels_last=channels_last)
     result = {**(head or {}), **metrics(logits, images.fine, meta.fine_to_coarse)}
     if tta:
-        tta_m = metrics(predict_logits(model, x, norm, tta_flip=True), images.fine, meta.fine_to_coarse)
+        tta_m = metrics(predict_logits(model, x, norm, batch_size, tta_flip=True, channels_last=channels_last),
+                        images.fine, meta.fine_to_coarse)
         result["tta_flip"] = {k: tta_m[k] for k in ("top1", "top5", "superclass", "loss")}
     result["eval_s"] = round(time.perf_counter() - t0, 3)
     result["classes"] = meta.fine_names
@@ -123,14 +126,17 @@ def _evaluate(run, split, which, tta, data_dir, device) -> Predictions:
     if data_dir:
         cfg.data_dir = data_dir
     dev = select_device(device)
-    model = load_model(state, str(ck), dev)
+    model = load_model(state, str(ck), dev, channels_last=cfg.channels_last)
     images, meta = load_eval_split(cfg, split)
     if meta.fine_names != state.get("classes", meta.fine_names):
         raise UserError(f"the class names of {cfg.data_dir} differ from those {ck} was trained on; "
                         f"evaluate on the same data set")
     head = {"checkpoint": str(ck), "epoch": state["epoch"], "split": split, "arch": state["arch"],
             "weights": "ema" if state.get("ema") is not None else "model"}
-    result, logits = measure(model, Normalize(cfg.normalize, dev), images, meta, tta, head)
+    # the run's own evaluation batch and layout: NHWC at batch 100 is 1.7x faster than NCHW at 500 on
+    # the 2-core CPU (104 vs 62 img/s); GPU presets set a larger batch
+    result, logits = measure(model, Normalize(cfg.normalize, dev), images, meta, tta, head,
+                             cfg.eval_batch_size, cfg.channels_last)
     buf = io.BytesIO()
     np.savez_compressed(buf, logits=logits.numpy(), fine=images.fine)
     checkpoint.atomic_write_bytes(ck.parent / f"pred-{split}-{ck.stem}.npz", buf.getvalue())
