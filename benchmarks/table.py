@@ -57,14 +57,17 @@ def accuracy_table(results: list[dict]) -> str:
 
 
 def selection_table(results: list[dict]) -> str:
-    lines = ["| run (preset, length) | changes | hardware | final val top-1 (mean +- std) | epochs | img/s | command |",
+    lines = ["| run (preset, length) | changes | hardware | final val top-1 (mean +- std) | steps | img/s | command |",
              "|---|---|---|---|---|---|---|"]
     for r in results:
         if r.get("test_top1_mean") is not None or r.get("final_val_acc_mean") is None:
             continue
         changes = ", ".join(f"{k}={v if v != [] else '[]'}" for k, v in r["overrides"].items()) or "-"
+        if r.get("note"):  # e.g. a run measured under load, kept for the record but not comparable
+            changes += f" ({r['note']})"
+        steps = ", ".join(str(p["steps"]) for p in r["per_seed"])
         lines.append(f"| {r['benchmark']} ({r['preset']}, {_length(r)}) | {changes} | {r['device']} | "
-                     f"{_pct(r['final_val_acc_mean'], r['final_val_acc_std'], len(r['seeds']))} | {r['epochs']} | "
+                     f"{_pct(r['final_val_acc_mean'], r['final_val_acc_std'], len(r['seeds']))} | {steps} | "
                      f"{r['images_per_s']:.0f} | `{r['command']}` |")
     return "\n".join(lines)
 
