@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -47,7 +48,7 @@ def main() -> int:
         rows.append({"eager": e, "compiled": c, "ratio": c / e})
     ratio = statistics.median(r["ratio"] for r in rows)
     result = {
-        "benchmark": "compile-speed", "command": "python " + " ".join(sys.argv),
+        "benchmark": "compile-speed", "command": "python " + shlex.join(sys.argv),  # quoted: pastes back into a shell
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": checkpoint.device_name(eager.device), "torch": torch.__version__, "git": checkpoint.git_revision(),
         "model": args.model, "batch_size": args.batch_size, "res": args.res, "precision": eager.cfg.precision,

@@ -16,6 +16,7 @@ import argparse
 import datetime
 import json
 import os
+import shlex
 import shutil
 import statistics
 import sys
@@ -95,7 +96,7 @@ def main() -> int:
     times = [p["time_to_target_s"] for p in per_seed if p["time_to_target_s"] is not None]
     result = {
         "benchmark": name, "preset": args.preset, "overrides": overrides,
-        "command": "python " + " ".join(sys.argv),
+        "command": "python " + shlex.join(sys.argv),  # quoted: pastes back into a shell
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": checkpoint.device_name(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
         "torch": torch.__version__, "git": git, "seeds": args.seeds,

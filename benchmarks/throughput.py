@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -92,7 +93,7 @@ def main() -> int:
 
     result = {
         "benchmark": "throughput",
-        "command": "python " + " ".join(sys.argv),
+        "command": "python " + shlex.join(sys.argv),  # quoted: pastes back into a shell
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": checkpoint.device_name(dev),
         "torch": torch.__version__,

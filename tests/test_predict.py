@@ -4,6 +4,7 @@ import zlib
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from c100.cli import main
@@ -111,3 +112,21 @@ def Path_name(s):  # noqa: N802
     from pathlib import Path
 
     return Path(s).name
+
+
+def test_eval_batch_and_layout_do_not_change_logits():
+    """`c100 evaluate` runs at the run's eval batch in NHWC (faster on CPU); the logits must be those
+    of one NCHW pass, batch boundaries included (BatchNorm in eval mode mixes nothing across images)."""
+    from c100.augment import Normalize
+    from c100.evaluate import predict_logits
+    from c100.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet18").eval()
+    model.apply(lambda m: m.running_var.uniform_(0.5, 2) if isinstance(m, torch.nn.BatchNorm2d) else None)
+    images = torch.randint(0, 256, (23, 3, 32, 32), dtype=torch.uint8)
+    norm = Normalize("cifar100", torch.device("cpu"))
+    reference = predict_logits(model, images, norm, batch_size=500)
+    nhwc = predict_logits(model.to(memory_format=torch.channels_last), images, norm, batch_size=7, channels_last=True)
+    assert reference.shape == (23, 100)
+    torch.testing.assert_close(nhwc, reference, rtol=1e-4, atol=1e-4)
