@@ -9,15 +9,12 @@ with the break-even training time (compile_s / (1 - eager_time / compiled_time))
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import shlex
 import statistics
-import sys
 from pathlib import Path
 
-import torch
-from throughput import sliced_trainer  # benchmarks/ is on sys.path when a script there runs
+from provenance import provenance  # benchmarks/ is on sys.path when a script there runs
+from throughput import sliced_trainer
 
 from c100 import checkpoint
 
@@ -48,9 +45,7 @@ def main() -> int:
         rows.append({"eager": e, "compiled": c, "ratio": c / e})
     ratio = statistics.median(r["ratio"] for r in rows)
     result = {
-        "benchmark": "compile-speed", "command": "python " + shlex.join(sys.argv),  # quoted: pastes back into a shell
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": checkpoint.device_name(eager.device), "torch": torch.__version__, "git": checkpoint.git_revision(),
+        "benchmark": "compile-speed", **provenance(eager.device),
         "model": args.model, "batch_size": args.batch_size, "res": args.res, "precision": eager.cfg.precision,
         "compile_s": compile_s, "rounds": rows,
         "eager_images_per_s": statistics.median(r["eager"] for r in rows),

@@ -13,17 +13,15 @@ train_s (the training clock), compile_s (one-time compilation and warm-up), eval
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import shlex
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
+from provenance import provenance  # benchmarks/ is on sys.path when a script there runs
 
 from c100 import checkpoint
 from c100.config import resolve
@@ -96,10 +94,7 @@ def main() -> int:
     times = [p["time_to_target_s"] for p in per_seed if p["time_to_target_s"] is not None]
     result = {
         "benchmark": name, "preset": args.preset, "overrides": overrides,
-        "command": "python " + shlex.join(sys.argv),  # quoted: pastes back into a shell
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": checkpoint.device_name(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
-        "torch": torch.__version__, "git": git, "seeds": args.seeds,
+        **provenance(torch.device("cuda" if torch.cuda.is_available() else "cpu"), git), "seeds": args.seeds,
         "precision": per_seed[0]["precision"], "epochs": per_seed[0]["epochs"],
         "time_budget": per_seed[0]["config"]["time_budget"],
         "per_seed": per_seed,

@@ -72,28 +72,28 @@ def selection_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def throughput_table(results: list[dict]) -> str:
-    lines = ["| model, batch, precision | hardware | trainer img/s | bare loop img/s | ratio (median of rounds) | "
-             "command |", "|---|---|---|---|---|---|"]
-    for r in results:
-        if r.get("benchmark") != "throughput":
-            continue
-        lines.append(f"| {r['model']}, {r['batch_size']}, {r['precision']} | {r['device']} | "
-                     f"{r['trainer_images_per_s']:.1f} | {r['bare_images_per_s']:.1f} | "
-                     f"{100 * r['ratio_median']:.1f}% ({len(r['rounds'])} rounds) | `{r['command']}` |")
+def _kind_table(results: list[dict], kind: str, head: list[str], row) -> str:
+    """The rows of one benchmark kind (its JSON "benchmark" field), one line each from row(r)."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += [f"| {row(r)} | `{r['command']}` |" for r in results if r.get("benchmark") == kind]
     return "\n".join(lines)
+
+
+def throughput_table(results: list[dict]) -> str:
+    head = ["model, batch, precision", "hardware", "trainer img/s", "bare loop img/s", "ratio (median of rounds)",
+            "command"]
+    return _kind_table(results, "throughput", head, lambda r: (
+        f"{r['model']}, {r['batch_size']}, {r['precision']} | {r['device']} | {r['trainer_images_per_s']:.1f} | "
+        f"{r['bare_images_per_s']:.1f} | {100 * r['ratio_median']:.1f}% ({len(r['rounds'])} rounds)"))
 
 
 def compile_table(results: list[dict]) -> str:
-    lines = ["| model, batch, resolution, precision | hardware | one-time compile | eager img/s | compiled img/s | "
-             "ratio (median) | command |", "|---|---|---|---|---|---|---|"]
-    for r in results:
-        if r.get("benchmark") != "compile-speed":
-            continue
-        lines.append(f"| {r['model']}, {r['batch_size']}, {r['res']} px, {r['precision']} | {r['device']} | "
-                     f"{r['compile_s']:.0f} s | {r['eager_images_per_s']:.1f} | {r['compiled_images_per_s']:.1f} | "
-                     f"{r['ratio_median']:.2f} ({len(r['rounds'])} rounds) | `{r['command']}` |")
-    return "\n".join(lines)
+    head = ["model, batch, resolution, precision", "hardware", "one-time compile", "eager img/s", "compiled img/s",
+            "ratio (median)", "command"]
+    return _kind_table(results, "compile-speed", head, lambda r: (
+        f"{r['model']}, {r['batch_size']}, {r['res']} px, {r['precision']} | {r['device']} | {r['compile_s']:.0f} s | "
+        f"{r['eager_images_per_s']:.1f} | {r['compiled_images_per_s']:.1f} | "
+        f"{r['ratio_median']:.2f} ({len(r['rounds'])} rounds)"))
 
 
 def main() -> int:

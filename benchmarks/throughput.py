@@ -13,16 +13,14 @@ warm-up round of each is discarded; medians are reported.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from provenance import provenance  # benchmarks/ is on sys.path when a script there runs
 
 from c100 import checkpoint
 from c100.config import resolve
@@ -93,11 +91,7 @@ def main() -> int:
 
     result = {
         "benchmark": "throughput",
-        "command": "python " + shlex.join(sys.argv),  # quoted: pastes back into a shell
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": checkpoint.device_name(dev),
-        "torch": torch.__version__,
-        "git": checkpoint.git_revision(),
+        **provenance(dev),
         "model": args.model, "batch_size": args.batch_size, "precision": prec,
         "channels_last": cfg.channels_last, "steps_per_round": args.steps,
         "rounds": rows,
