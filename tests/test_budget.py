@@ -1,6 +1,8 @@
 """Time-to-accuracy mode: the time budget, the target, progressive resizing, alternating flips and
 the compile warm-up kept off the clock."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -95,6 +97,16 @@ def test_warm_up_leaves_no_trace(cifar_dir, tmp_path):
     after = trainer.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # BN statistics included
     assert not trainer.optimizer.state  # no momentum left behind
+
+
+def test_warm_up_outlasts_a_one_batch_epoch(cifar_dir, tmp_path):
+    # 64 images at batch 64: one batch per epoch, but the warm-up takes 3 per resolution
+    trainer = Trainer(tiny_cfg(cifar_dir, train_size="64", resolutions=["16", "24", "32"],
+                               res_milestones=["0.3", "0.6"]), tmp_path, log=None)
+    assert len(list(trainer.batches(0))) == 1
+    batches = list(itertools.islice(trainer.warm_up_batches(), 9))
+    assert len(batches) == 9 and not torch.equal(batches[0][0], batches[1][0])  # a new order each time
+    assert trainer.warm_up() > 0 and trainer.step == 0
 
 
 def test_train_size_subset_and_epoch_hook(cifar_dir, tmp_path):

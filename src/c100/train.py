@@ -13,6 +13,7 @@ import copy
 import csv
 import dataclasses
 import io
+import itertools
 import math
 import sys
 import time
@@ -329,6 +330,12 @@ class Trainer:
         return augment.train_batches(self.data.train_x, self.data.train_y, cfg.batch_size, self.spec, self.norm, gen,
                                      flip_mask=mask, rank=self.rank, world=self.world)
 
+    def warm_up_batches(self):
+        """Batches from epochs no training run uses (-2, -3, ...), as many as asked for: a small
+        training set may have fewer batches per epoch than the warm-up takes."""
+        for epoch in itertools.count(2):
+            yield from self.batches(-epoch)
+
     def warm_up(self) -> float:
         """Compile (and record CUDA graphs) before the clock starts: three steps at every training
         resolution with lr 0, then every state is put back. Returns the seconds it took."""
@@ -337,7 +344,7 @@ class Trainer:
         saved_opt = copy.deepcopy(self.optimizer.state_dict())
         for g in self.optimizer.param_groups:
             g["lr"] = 0.0
-        batches = self.batches(-2)  # an epoch no training run uses
+        batches = self.warm_up_batches()
         for res in sorted({int(r) for r in self.cfg.resolutions} or {32}):
             for _ in range(3):
                 x, y = next(batches)
