@@ -1,0 +1,119 @@
+"""Where a ResNet18 training step spends its time on this CPU, and what the 3x3 convolutions cost in
+each direction. Two parts, both on random tensors (only shapes matter for speed):
+
+1. the whole step (forward, backward, SGD) under torch.profiler at each resolution: the share of
+   self CPU time in convolution backward, convolution forward, BatchNorm and everything else;
+2. every stage's 3x3 stride-1 convolution alone (batch, channels, pixels as in ResNet18 at that
+   resolution, channels_last like the cpu-fast preset): forward, the input gradient and the weight
+   gradient as oneDNN computes them (aten.convolution_backward), and the weight gradient as one GEMM
+   over unfolded patches (im2col), the alternative a custom backward could use. Rounds alternate
+   between the four; medians are reported, with the GEMM result's largest error against oneDNN.
+
+    python benchmarks/conv_backward.py --res 16 32 --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from provenance import provenance  # benchmarks/ is on sys.path when a script there runs
+from torch.profiler import ProfilerActivity, profile
+
+from c100 import checkpoint
+from c100.models import create_model
+
+NHWC = torch.channels_last
+
+
+def step_shares(res: int, batch: int, steps: int) -> dict:
+    """Self CPU time of one training step by kind of operator, as fractions, and the step's seconds."""
+    model = create_model("resnet18").to(memory_format=NHWC)
+    x = torch.randn(batch, 3, res, res).contiguous(memory_format=NHWC)
+    y = torch.randint(0, 100, (batch,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+    def step():
+        loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step(), step()  # oneDNN picks and caches its kernels on the first calls
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    kinds = {"conv_backward": ("aten::convolution_backward",), "conv_forward": ("aten::mkldnn_convolution",),
+             "batch_norm": ("aten::native_batch_norm", "aten::native_batch_norm_backward")}
+    self_us = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+    total = sum(self_us.values())
+    shares = {k: sum(self_us.get(n, 0) for n in names) / total for k, names in kinds.items()}
+    shares["other"] = 1 - sum(shares.values())
+    return {"res": res, "step_s": total / 1e6 / steps, **{k: round(v, 4) for k, v in shares.items()}}
+
+
+def weight_grad_gemm(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """dL/dW of a 3x3, padding-1, stride-1 conv as one GEMM: (N*H*W, Cout)^T @ (N*H*W, Cin*9)."""
+    n, c, h, w = x.shape
+    patches = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1).unfold(1, 3, 1).unfold(2, 3, 1)  # N, H, W, C, 3, 3
+    cols = patches.reshape(n * h * w, c * 9)
+    return (g.permute(0, 2, 3, 1).reshape(n * h * w, -1).t() @ cols).view(-1, c, 3, 3)
+
+
+def conv_costs(channels: int, px: int, batch: int, rounds: int) -> dict:
+    x = torch.randn(batch, channels, px, px).contiguous(memory_format=NHWC)
+    w = torch.randn(channels, channels, 3, 3)
+    g = torch.randn(batch, channels, px, px).contiguous(memory_format=NHWC)
+
+    def backward(mask):
+        return torch.ops.aten.convolution_backward(g, x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask)
+
+    ways = {"forward_ms": lambda: F.conv2d(x, w, padding=1),
+            "input_grad_ms": lambda: backward([True, False, False]),
+            "weight_grad_ms": lambda: backward([False, True, False]),
+            "weight_grad_gemm_ms": lambda: weight_grad_gemm(x, g)}
+    times = {k: [] for k in ways}
+    for fn in ways.values():
+        fn()
+    for _ in range(rounds):
+        for k, fn in ways.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(1000 * (time.perf_counter() - t0))
+    ref = backward([False, True, False])[1]
+    err = ((weight_grad_gemm(x, g) - ref).abs().max() / ref.abs().max()).item()
+    return {"channels": channels, "px": px, **{k: round(statistics.median(v), 2) for k, v in times.items()},
+            "gemm_max_rel_err": err}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--res", type=int, nargs="+", default=[16, 32], help="training resolutions in pixels")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=3, help="profiled training steps per resolution")
+    ap.add_argument("--rounds", type=int, default=5, help="timed rounds per convolution")
+    ap.add_argument("--out", default="benchmarks/results/conv-backward-cpu.json")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    steps, convs = [], []
+    for res in args.res:
+        steps.append(step_shares(res, args.batch_size, args.steps))
+        print(json.dumps(steps[-1]), flush=True)
+        for stage, channels in enumerate((64, 128, 256, 512)):
+            convs.append({"res": res, **conv_costs(channels, res >> stage, args.batch_size, args.rounds)})
+            print(json.dumps(convs[-1]), flush=True)
+    result = {"benchmark": "conv-backward", **provenance(torch.device("cpu")), "model": "resnet18",
+              "batch_size": args.batch_size, "precision": "fp32", "memory_format": "channels_last",
+              "rounds": args.rounds, "steps": steps, "convs": convs}
+    checkpoint.atomic_write_json(Path(args.out), result)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
