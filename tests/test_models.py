@@ -76,3 +76,58 @@ def test_seed_model_shapes_follow_keras_same_padding():
 def test_unknown_model():
     with pytest.raises(UserError, match="unknown model 'resnet19'; choose one of: .*resnet18"):
         create_model("resnet19")
+
+
+@pytest.mark.parametrize("kernel,stride,padding,px,bias,nhwc", [
+    (3, 1, 1, 4, False, True),   # 16 output pixels: the GEMM weight gradient
+    (3, 2, 1, 5, True, False),   # strided, 3x3 output, with a bias
+    (1, 2, 0, 4, False, True),   # ResNet's 1x1 projection shortcut
+    (3, 1, 1, 6, True, True),    # 36 output pixels: oneDNN's weight gradient
+])
+def test_gemm_weight_grad_conv_matches_conv2d(monkeypatch, kernel, stride, padding, px, bias, nhwc):
+    from c100.models import cpu_conv
+
+    calls, real = [], cpu_conv.unfold_patches
+    monkeypatch.setattr(cpu_conv, "unfold_patches", lambda *a: calls.append(1) or real(*a))  # count GEMM uses
+    torch.manual_seed(0)
+    ref = torch.nn.Conv2d(5, 7, kernel, stride, padding, bias=bias)
+    conv = torch.nn.Conv2d(5, 7, kernel, stride, padding, bias=bias)
+    conv.load_state_dict(ref.state_dict())
+    assert cpu_conv.use_gemm_weight_grad(conv) == 1 and isinstance(conv, cpu_conv.GemmGradConv2d)
+    x = torch.randn(3, 5, px, px)
+    x = x.contiguous(memory_format=torch.channels_last) if nhwc else x
+    xr, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+    yr, yc = ref(xr), conv(xc)
+    g = torch.randn_like(yr)
+    yr.backward(g), yc.backward(g)
+    torch.testing.assert_close(yc, yr)
+    torch.testing.assert_close(xc.grad, xr.grad)
+    torch.testing.assert_close(conv.weight.grad, ref.weight.grad, rtol=1e-5, atol=1e-5)
+    if bias:
+        torch.testing.assert_close(conv.bias.grad, ref.bias.grad)
+    out_px = yr.shape[2] * yr.shape[3]
+    assert bool(calls) == (out_px <= cpu_conv.MAX_GEMM_PIXELS)
+
+
+def test_unfold_patches_matches_torch_unfold():
+    from c100.models.cpu_conv import unfold_patches
+
+    x = torch.randn(2, 3, 5, 5).contiguous(memory_format=torch.channels_last)
+    ref = torch.nn.functional.unfold(x, (3, 3), padding=(1, 1), stride=(2, 2))  # N, C*3*3, Ho*Wo
+    assert torch.equal(unfold_patches(x, (3, 3), (2, 2), (1, 1)), ref.transpose(1, 2).reshape(-1, 27))
+
+
+def test_gemm_weight_grad_resnet18_same_training_step():
+    from c100.models.cpu_conv import use_gemm_weight_grad
+
+    torch.manual_seed(0)
+    ref = create_model("resnet18")
+    fast = create_model("resnet18")
+    fast.load_state_dict(ref.state_dict())
+    assert use_gemm_weight_grad(fast) == 20  # 17 3x3 convs + 3 1x1 shortcuts
+    x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 100, (4,))
+    for m in (ref, fast):
+        torch.nn.functional.cross_entropy(m(x), y).backward()
+    for (name, a), b in zip(ref.named_parameters(), fast.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5, msg=name)
+    assert fast.state_dict().keys() == ref.state_dict().keys()
