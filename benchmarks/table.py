@@ -50,7 +50,8 @@ def accuracy_table(results: list[dict]) -> str:
             continue
         wall = r.get("wall_s_max", r["wall_s_mean"])
         compile_s = f"{r['compile_s_mean']:.0f} s" if r.get("compile_s_mean") else "-"
-        lines.append(f"| {r['benchmark']} ({r['preset']}, {_length(r)}) | {r['device']} | {wall / 60:.1f} min | "
+        note = f"; {r['note']}" if r.get("note") else ""
+        lines.append(f"| {r['benchmark']} ({r['preset']}, {_length(r)}{note}) | {r['device']} | {wall / 60:.1f} min | "
                      f"{compile_s} | {_pct(r['test_top1_mean'], r['test_top1_std'], len(r['seeds']))} | "
                      f"{_target(r)} | `{r['command']}` |")
     return "\n".join(lines)
