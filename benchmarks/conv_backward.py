@@ -7,7 +7,10 @@ each direction. Two parts, both on random tensors (only shapes matter for speed)
    resolution, channels_last like the cpu-fast preset): forward, the input gradient and the weight
    gradient as oneDNN computes them (aten.convolution_backward), and the weight gradient as one GEMM
    over unfolded patches (im2col), the alternative a custom backward could use. Rounds alternate
-   between the four; medians are reported, with the GEMM result's largest error against oneDNN.
+   between the four; medians are reported, with the GEMM result's largest error against oneDNN;
+3. whole training steps of two copies of ResNet18, one with every convolution gradient by oneDNN,
+   one with GemmGradConv2d (models/cpu_conv.py: the GEMM weight gradient on maps of at most 16
+   pixels), alternating, same inputs: images per second and the ratio, medians of the rounds.
 
     python benchmarks/conv_backward.py --res 16 32 --rounds 5
 """
@@ -15,25 +18,27 @@ each direction. Two parts, both on random tensors (only shapes matter for speed)
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from provenance import provenance  # benchmarks/ is on sys.path when a script there runs
 from torch.profiler import ProfilerActivity, profile
 
 from c100 import checkpoint
 from c100.models import create_model
+from c100.models.cpu_conv import use_gemm_weight_grad
 
 NHWC = torch.channels_last
 
 
-def step_shares(res: int, batch: int, steps: int) -> dict:
-    """Self CPU time of one training step by kind of operator, as fractions, and the step's seconds."""
-    model = create_model("resnet18").to(memory_format=NHWC)
+def sgd_step(model: nn.Module, res: int, batch: int):
+    """A closure running one training step (forward, backward, SGD) of `model` on fixed random data."""
     x = torch.randn(batch, 3, res, res).contiguous(memory_format=NHWC)
     y = torch.randint(0, 100, (batch,))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
@@ -44,6 +49,13 @@ def step_shares(res: int, batch: int, steps: int) -> dict:
         loss.backward()
         opt.step()
 
+    return step
+
+
+def step_shares(res: int, batch: int, steps: int) -> dict:
+    """Self CPU time of one training step by kind of operator, as fractions, and the step's seconds."""
+    model = create_model("resnet18").to(memory_format=NHWC)  # every gradient by oneDNN
+    step = sgd_step(model, res, batch)
     step(), step()  # oneDNN picks and caches its kernels on the first calls
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
@@ -55,6 +67,27 @@ def step_shares(res: int, batch: int, steps: int) -> dict:
     shares = {k: sum(self_us.get(n, 0) for n in names) / total for k, names in kinds.items()}
     shares["other"] = 1 - sum(shares.values())
     return {"res": res, "step_s": total / 1e6 / steps, **{k: round(v, 4) for k, v in shares.items()}}
+
+
+def step_speedup(res: int, batch: int, rounds: int) -> dict:
+    onednn = create_model("resnet18").to(memory_format=NHWC)
+    gemm = copy.deepcopy(onednn)
+    use_gemm_weight_grad(gemm)
+    steps = {}
+    for name, model in (("onednn", onednn), ("gemm", gemm)):
+        torch.manual_seed(res)  # the same images and labels for both
+        steps[name] = sgd_step(model, res, batch)
+    times = {k: [] for k in steps}
+    for step in steps.values():
+        step(), step()
+    for _ in range(rounds):
+        for k, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            times[k].append(time.perf_counter() - t0)
+    ratio = statistics.median(a / b for a, b in zip(times["onednn"], times["gemm"], strict=True))
+    return {"res": res, **{f"{k}_images_per_s": round(batch / statistics.median(v), 1) for k, v in times.items()},
+            "speedup_median": round(ratio, 3)}
 
 
 def weight_grad_gemm(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -100,8 +133,10 @@ def main() -> int:
     ap.add_argument("--out", default="benchmarks/results/conv-backward-cpu.json")
     args = ap.parse_args()
     torch.manual_seed(0)
-    steps, convs = [], []
+    steps, convs, speedups = [], [], []
     for res in args.res:
+        speedups.append(step_speedup(res, args.batch_size, args.rounds))
+        print(json.dumps(speedups[-1]), flush=True)
         steps.append(step_shares(res, args.batch_size, args.steps))
         print(json.dumps(steps[-1]), flush=True)
         for stage, channels in enumerate((64, 128, 256, 512)):
@@ -109,7 +144,8 @@ def main() -> int:
             print(json.dumps(convs[-1]), flush=True)
     result = {"benchmark": "conv-backward", **provenance(torch.device("cpu")), "model": "resnet18",
               "batch_size": args.batch_size, "precision": "fp32", "memory_format": "channels_last",
-              "rounds": args.rounds, "steps": steps, "convs": convs}
+              "rounds": args.rounds, "steps": steps, "convs": convs,
+              "step_speedup": speedups}
     checkpoint.atomic_write_json(Path(args.out), result)
     print(f"wrote {args.out}")
     return 0

@@ -1,9 +1,10 @@
 """A faster convolution backward for small feature maps on CPUs.
 
 On an AVX2 CPU oneDNN computes the weight gradient of a 3x3 convolution on a tiny map very slowly:
-for ResNet18's last stage at 16 px training (512 channels, 2x2 pixels, batch 64) it takes 141 ms,
-against 23 ms as one GEMM over the unfolded input patches, and 21 ms for the forward pass
-(benchmarks/results/conv-backward-cpu.json). On larger maps oneDNN wins. So `GemmGradConv2d` keeps
+for ResNet18's last stage at 16 px training (512 channels, 2x2 pixels, batch 64) it takes 121 ms,
+against 18 ms as one GEMM over the unfolded input patches, and 16 ms for the forward pass
+(benchmarks/results/conv-backward-cpu.json). On larger maps oneDNN wins. A whole training step runs
+1.37x faster at 16 px, 1.03x at 24 px and 1.02x at 32 px (same file). So `GemmGradConv2d` keeps
 oneDNN for the forward pass and the input gradient, and computes the weight gradient as a GEMM when
 the output map has at most `MAX_GEMM_PIXELS` pixels. Same math, so same results up to float rounding.
 """
@@ -14,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-MAX_GEMM_PIXELS = 16  # 4x4 and below: where the GEMM measured faster (512 ch: 74 vs 96 ms at 4x4)
+MAX_GEMM_PIXELS = 16  # 4x4 and below: 512 ch at 4x4 71 vs 131 ms; 256 ch at 4x4 about even (21 vs 18)
 
 
 def unfold_patches(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
