@@ -26,6 +26,7 @@ from c100 import checkpoint
 from c100.config import resolve
 from c100.device import autocast
 from c100.models import create_model
+from c100.models.cpu_conv import GemmGradConv2d, use_gemm_weight_grad
 from c100.train import Trainer
 
 
@@ -76,6 +77,8 @@ def main() -> int:
     bare_model = create_model(args.model).to(dev)
     if cfg.channels_last:
         bare_model = bare_model.to(memory_format=torch.channels_last)
+    if any(isinstance(m, GemmGradConv2d) for m in trainer.model.modules()):
+        use_gemm_weight_grad(bare_model)  # the trainer's convolution backward too: only the loop differs
     bare_opt = torch.optim.SGD(bare_model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
     bare_x = trainer.norm(trainer.data.train_x)  # pre-normalised: the bare loop does no data work at all
     bare_y = trainer.data.train_y
