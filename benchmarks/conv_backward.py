@@ -6,8 +6,8 @@ each direction. Two parts, both on random tensors (only shapes matter for speed)
 2. every stage's 3x3 stride-1 convolution alone (batch, channels, pixels as in ResNet18 at that
    resolution, channels_last like the cpu-fast preset): forward, the input gradient and the weight
    gradient as oneDNN computes them (aten.convolution_backward), and the weight gradient as one GEMM
-   over unfolded patches (im2col), the alternative a custom backward could use. Rounds alternate
-   between the four; medians are reported, with the GEMM result's largest error against oneDNN;
+   over unfolded patches (models/cpu_conv.weight_grad_gemm, what GemmGradConv2d runs). Rounds
+   alternate between the four; medians are reported, with the GEMM result's largest error against oneDNN;
 3. whole training steps of two copies of ResNet18, one with every convolution gradient by oneDNN,
    one with GemmGradConv2d (models/cpu_conv.py: the GEMM weight gradient on maps of at most 16
    pixels), alternating, same inputs: images per second and the ratio, medians of the rounds.
@@ -32,7 +32,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from c100 import checkpoint
 from c100.models import create_model
-from c100.models.cpu_conv import use_gemm_weight_grad
+from c100.models.cpu_conv import use_gemm_weight_grad, weight_grad_gemm
 
 NHWC = torch.channels_last
 
@@ -90,14 +90,6 @@ def step_speedup(res: int, batch: int, rounds: int) -> dict:
             "speedup_median": round(ratio, 3)}
 
 
-def weight_grad_gemm(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """dL/dW of a 3x3, padding-1, stride-1 conv as one GEMM: (N*H*W, Cout)^T @ (N*H*W, Cin*9)."""
-    n, c, h, w = x.shape
-    patches = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1).unfold(1, 3, 1).unfold(2, 3, 1)  # N, H, W, C, 3, 3
-    cols = patches.reshape(n * h * w, c * 9)
-    return (g.permute(0, 2, 3, 1).reshape(n * h * w, -1).t() @ cols).view(-1, c, 3, 3)
-
-
 def conv_costs(channels: int, px: int, batch: int, rounds: int) -> dict:
     x = torch.randn(batch, channels, px, px).contiguous(memory_format=NHWC)
     w = torch.randn(channels, channels, 3, 3)
@@ -109,7 +101,7 @@ def conv_costs(channels: int, px: int, batch: int, rounds: int) -> dict:
     ways = {"forward_ms": lambda: F.conv2d(x, w, padding=1),
             "input_grad_ms": lambda: backward([True, False, False]),
             "weight_grad_ms": lambda: backward([False, True, False]),
-            "weight_grad_gemm_ms": lambda: weight_grad_gemm(x, g)}
+            "weight_grad_gemm_ms": lambda: weight_grad_gemm(x, g, w.shape, (1, 1), (1, 1))}
     times = {k: [] for k in ways}
     for fn in ways.values():
         fn()
@@ -119,7 +111,7 @@ def conv_costs(channels: int, px: int, batch: int, rounds: int) -> dict:
             fn()
             times[k].append(1000 * (time.perf_counter() - t0))
     ref = backward([False, True, False])[1]
-    err = ((weight_grad_gemm(x, g) - ref).abs().max() / ref.abs().max()).item()
+    err = ((weight_grad_gemm(x, g, w.shape, (1, 1), (1, 1)) - ref).abs().max() / ref.abs().max()).item()
     return {"channels": channels, "px": px, **{k: round(statistics.median(v), 2) for k, v in times.items()},
             "gemm_max_rel_err": err}
 

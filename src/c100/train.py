@@ -200,7 +200,7 @@ class Trainer:
         self.model = create_model(cfg.model).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        if self.device.type == "cpu" and cfg.precision == "fp32" and not cfg.compile:
+        if self.device.type == "cpu" and not cfg.compile:  # the convs fall back to oneDNN's under bf16 autocast
             use_gemm_weight_grad(self.model)  # 1.4x at 16 px: oneDNN is slow on tiny maps (models/cpu_conv.py)
         if cfg.sync_bn:
             self.model = distributed.sync_batchnorm(self.model, self.device)

@@ -27,6 +27,13 @@ def unfold_patches(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, 
     return p.reshape(-1, c * kh * kw)
 
 
+def weight_grad_gemm(x: torch.Tensor, grad: torch.Tensor, weight_shape: torch.Size, stride: tuple[int, int],
+                     padding: tuple[int, int]) -> torch.Tensor:
+    """dL/dW of a convolution as one GEMM: (N*Ho*Wo, Cout)^T @ (N*Ho*Wo, Cin*kh*kw)."""
+    rows = grad.permute(0, 2, 3, 1).reshape(-1, grad.shape[1])
+    return (rows.t() @ unfold_patches(x, weight_shape[2:], stride, padding)).view(weight_shape)
+
+
 class _GemmWeightGradConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding):
@@ -43,9 +50,7 @@ class _GemmWeightGradConv(torch.autograd.Function):
             grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, list(ctx.stride), list(ctx.padding),
             [1, 1], False, [0, 0], 1, [need_x, need_w and not small, need_b and ctx.has_bias])
         if need_w and small:
-            rows = grad.permute(0, 2, 3, 1).reshape(-1, grad.shape[1])  # N*Ho*Wo, Cout
-            cols = unfold_patches(x, weight.shape[2:], ctx.stride, ctx.padding)
-            grad_w = (rows.t() @ cols).view_as(weight)
+            grad_w = weight_grad_gemm(x, grad, weight.shape, ctx.stride, ctx.padding)
         return grad_x, grad_w, grad_b, None, None
 
 
