@@ -76,7 +76,8 @@ def main() -> int:
     ap.add_argument("--preset", default="cpu-fast")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--name", help="result name (default: the preset)")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. epochs=2")
+    ap.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                    help="config overrides, e.g. epochs=2 (repeatable)")
     ap.add_argument("--target-acc", type=float, help="record when validation accuracy first reaches this")
     ap.add_argument("--no-test", action="store_true", help="do not read the test set (recipe selection)")
     ap.add_argument("--data-dir", default=os.environ.get("CIFAR100_DATA", "data"))

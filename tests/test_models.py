@@ -131,3 +131,37 @@ def test_gemm_weight_grad_resnet18_same_training_step():
     for (name, a), b in zip(ref.named_parameters(), fast.parameters(), strict=True):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5, msg=name)
     assert fast.state_dict().keys() == ref.state_dict().keys()
+
+
+def test_whitening_filters_decorrelate_patches():
+    from c100.models.whiten import EPS, patch_covariance, whitening_filters
+
+    g = torch.Generator().manual_seed(0)
+    mix = torch.randn(3, 3, generator=g)  # correlated channels and smooth images: far from white
+    images = torch.einsum("ij,njhw->nihw", mix, torch.randn(300, 3, 8, 8, generator=g).cumsum(-1))
+    cov = patch_covariance(images)
+    patches = torch.nn.functional.unfold(images.double(), 3).transpose(1, 2).reshape(-1, 27)
+    assert torch.allclose(cov, patches.t() @ patches / len(patches))  # chunked sum = one pass
+    w = whitening_filters(images).double().view(54, 27)
+    assert torch.equal(w[27:], -w[:27])
+    white = w[:27] @ cov @ w[:27].t()  # the filtered patches' covariance: diag(lambda / (lambda + eps))
+    eig = torch.linalg.eigvalsh(cov).flip(0)
+    assert torch.allclose(white, torch.diag(eig / (eig + EPS)), atol=1e-4)
+    assert eig[0] / eig[-1] > 100  # the input really was correlated
+
+
+def test_whiten_stem_sets_only_the_stem():
+    from c100.models.whiten import whiten_stem, whitening_filters
+
+    torch.manual_seed(0)
+    model = create_model("resnet18")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images = torch.randn(20, 3, 32, 32)
+    assert whiten_stem(model, images) == 54
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert torch.allclose(after["conv1.weight"][:54], whitening_filters(images))
+    assert torch.equal(after["conv1.weight"][54:], before["conv1.weight"][54:])  # 10 random filters stay
+    assert all(torch.equal(after[k], v) for k, v in before.items() if k != "conv1.weight")
+    with pytest.raises(ValueError, match="square stem over 1 channels"):
+        whiten_stem(model, torch.randn(4, 1, 32, 32))

@@ -7,7 +7,8 @@ import torch
 from c100 import UserError, checkpoint
 from c100.cli import main
 from c100.config import resolve
-from c100.train import l2_penalty, lr_factor, resume, train
+from c100.augment import Normalize
+from c100.train import WHITEN_IMAGES, Trainer, l2_penalty, lr_factor, resume, train
 from conftest import tiny_cfg, write_cifar
 
 
@@ -167,3 +168,14 @@ def test_compiled_training_saves_a_plain_checkpoint(cifar_dir, tmp_path):
 
     create_model("tiny-net").load_state_dict(state["model"])
     assert trainer.history[-1]["train_loss"] > 0
+
+
+def test_whiten_stem_run_starts_whitened(cifar_dir, tmp_path):
+    from c100.models.whiten import whitening_filters
+
+    cfg = tiny_cfg(cifar_dir, whiten_stem="true", epochs="1")
+    trainer = train(cfg, tmp_path / "w", log=lambda *_: None)
+    assert trainer.cfg.whiten_stem and checkpoint.load(tmp_path / "w" / "last.pt")["config"]["whiten_stem"]
+    fresh = Trainer(cfg, tmp_path / "fresh", log=lambda *_: None)  # before any step: the whitened init
+    images = Normalize(cfg.normalize, torch.device("cpu"))(fresh.data.train_x[:WHITEN_IMAGES])
+    assert torch.allclose(fresh.model[0].weight, whitening_filters(images)[:8])

@@ -65,6 +65,8 @@ class TrainConfig:
     label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy")
     grad_clip: float = _f(0.0, "clip the gradient norm to this value (0 = off)")
     ema: float = _f(0.0, "decay of an exponential moving average of the weights (0 = off)")
+    whiten_stem: bool = _f(False, "start the stem's filters as the whitening transform of 3x3 training patches "
+                                  "(models/whiten.py; the architecture is unchanged)")
     # time-to-accuracy
     time_budget: float = _f(0.0, "seconds of training (0 = off): the lr and resolution schedules follow the "
                                  "clock instead of the step count, and training stops when it is spent; "
