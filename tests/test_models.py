@@ -163,5 +163,5 @@ def test_whiten_stem_sets_only_the_stem():
     assert torch.allclose(after["conv1.weight"][:54], whitening_filters(images))
     assert torch.equal(after["conv1.weight"][54:], before["conv1.weight"][54:])  # 10 random filters stay
     assert all(torch.equal(after[k], v) for k, v in before.items() if k != "conv1.weight")
-    with pytest.raises(ValueError, match="square stem over 1 channels"):
+    with pytest.raises(UserError, match="square stem over 1 channels"):
         whiten_stem(model, torch.randn(4, 1, 32, 32))

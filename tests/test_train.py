@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from c100 import UserError, checkpoint
+from c100.augment import Normalize
 from c100.cli import main
 from c100.config import resolve
-from c100.augment import Normalize
 from c100.train import WHITEN_IMAGES, Trainer, l2_penalty, lr_factor, resume, train
 from conftest import tiny_cfg, write_cifar
 

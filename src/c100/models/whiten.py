@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from c100 import UserError
+
 EPS = 5e-4  # added to the eigenvalues: caps the gain of the weakest (noisiest) patch directions
 
 
@@ -41,7 +43,7 @@ def stem_conv(model: nn.Module) -> nn.Conv2d:
     """The model's first convolution (it reads the image)."""
     conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     if conv is None or conv.groups != 1:
-        raise ValueError("whitening init needs a model whose first layer is a plain convolution")
+        raise UserError("--whiten-stem needs a model whose first layer is a plain convolution; drop the flag")
     return conv
 
 
@@ -52,8 +54,8 @@ def whiten_stem(model: nn.Module, images: torch.Tensor) -> int:
     conv = stem_conv(model)
     k = conv.kernel_size[0]
     if conv.kernel_size != (k, k) or conv.in_channels != images.shape[1]:
-        raise ValueError(f"whitening init needs a square stem over {images.shape[1]} channels, "
-                         f"not {tuple(conv.weight.shape)}")
+        raise UserError(f"--whiten-stem needs a square stem over {images.shape[1]} channels, not the "
+                        f"{tuple(conv.weight.shape)} weight of this model; drop the flag")
     w = whitening_filters(images, k).to(conv.weight.device)
     n = min(len(w), conv.out_channels)
     conv.weight[:n] = w[:n]
