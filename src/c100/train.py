@@ -199,9 +199,10 @@ class Trainer:
         with distributed.main_first():  # rank 0 downloads (if need be); the others then find the files
             self.data = load_data(cfg, self.device)
         torch.manual_seed(cfg.seed)  # the initialisation depends on the seed only
+        self.norm = Normalize(cfg.normalize, self.device)
         self.model = create_model(cfg.model).to(self.device)
         if cfg.whiten_stem:  # from training images only; the same on every process, so DDP needs no broadcast
-            whiten_stem(self.model, Normalize(cfg.normalize, self.device)(self.data.train_x[:WHITEN_IMAGES]))
+            whiten_stem(self.model, self.norm(self.data.train_x[:WHITEN_IMAGES]))
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if self.device.type == "cpu" and not cfg.compile:  # the convs fall back to oneDNN's under bf16 autocast
@@ -211,7 +212,6 @@ class Trainer:
         self.optimizer = build_optimizer(cfg, self.model)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.ema = EMA(self.model, cfg.ema) if cfg.ema else None
-        self.norm = Normalize(cfg.normalize, self.device)
         self.spec = AugmentSpec(cfg.translate, cfg.pad_mode, cfg.flip, cfg.cutout)
         self.per_epoch = steps_per_epoch(len(self.data.train_y), cfg.batch_size)
         self.total_steps = self.per_epoch * cfg.epochs

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from c100 import UserError
+from c100.models.cpu_conv import unfold_patches
 
 EPS = 5e-4  # added to the eigenvalues: caps the gain of the weakest (noisiest) patch directions
 
@@ -22,8 +22,7 @@ def patch_covariance(images: torch.Tensor, kernel: int = 3) -> torch.Tensor:
     d = images.shape[1] * kernel * kernel
     total, count = torch.zeros(d, d, dtype=torch.float64, device=images.device), 0
     for chunk in images.split(256):  # 256 images of 32 px: 230k patches, 50 MB in float64
-        patches = F.unfold(chunk.double(), kernel)  # (n, C*k*k, L), rows in a conv weight's (C, kh, kw) order
-        patches = patches.transpose(1, 2).reshape(-1, d)
+        patches = unfold_patches(chunk.double(), (kernel, kernel), (1, 1), (0, 0))  # in a conv weight's order
         total += patches.t() @ patches
         count += len(patches)
     return total / count
