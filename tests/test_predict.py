@@ -130,3 +130,21 @@ def test_eval_batch_and_layout_do_not_change_logits():
     nhwc = predict_logits(model.to(memory_format=torch.channels_last), images, norm, batch_size=7, channels_last=True)
     assert reference.shape == (23, 100)
     torch.testing.assert_close(nhwc, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_flip_tta_averages_the_probabilities_of_image_and_mirror():
+    from c100.augment import Normalize
+    from c100.evaluate import predict_with_flip
+    from c100.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("tiny-net").eval()
+    images = torch.randint(0, 256, (9, 3, 32, 32), dtype=torch.uint8)
+    norm = Normalize("cifar100", torch.device("cpu"))
+    plain, tta = predict_with_flip(model, images, norm, batch_size=4, tta_flip=True)
+    with torch.no_grad():
+        expected = (model(norm(images)).softmax(1) + model(norm(images.flip(3))).softmax(1)) / 2
+    torch.testing.assert_close(plain, model(norm(images)).detach())
+    torch.testing.assert_close(tta.exp(), expected)
+    assert not torch.allclose(tta.exp(), plain.softmax(1))  # the mirror really counts
+    assert predict_with_flip(model, images, norm)[1] is None

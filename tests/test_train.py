@@ -179,3 +179,12 @@ def test_whiten_stem_run_starts_whitened(cifar_dir, tmp_path):
     fresh = Trainer(cfg, tmp_path / "fresh", log=lambda *_: None)  # before any step: the whitened init
     images = Normalize(cfg.normalize, torch.device("cpu"))(fresh.data.train_x[:WHITEN_IMAGES])
     assert torch.allclose(fresh.model[0].weight, whitening_filters(images)[:8])
+
+
+def test_freeze_stem_keeps_the_whitened_filters(cifar_dir, tmp_path):
+    cfg = tiny_cfg(cifar_dir, whiten_stem="true", freeze_stem="true", epochs="1")
+    start = Trainer(cfg, tmp_path / "fresh", log=lambda *_: None).model.state_dict()
+    end = checkpoint.load(train(cfg, tmp_path / "f", log=lambda *_: None).run_dir / "last.pt")["model"]
+    assert torch.equal(end["0.weight"], start["0.weight"])  # weight decay did not shrink it either
+    moved = [k for k in start if k.endswith("weight") and not torch.equal(end[k], start[k])]
+    assert moved and "0.weight" not in moved

@@ -67,6 +67,8 @@ class TrainConfig:
     ema: float = _f(0.0, "decay of an exponential moving average of the weights (0 = off)")
     whiten_stem: bool = _f(False, "start the stem's filters as the whitening transform of 3x3 training patches "
                                   "(models/whiten.py; the architecture is unchanged)")
+    freeze_stem: bool = _f(False, "keep the stem's filters at their initial values (with --whiten-stem, as "
+                                  "airbench does: the whitening stays exact; its BatchNorm still trains)")
     # time-to-accuracy
     time_budget: float = _f(0.0, "seconds of training (0 = off): the lr and resolution schedules follow the "
                                  "clock instead of the step count, and training stops when it is spent; "

@@ -49,21 +49,33 @@ def load_model(state: dict, source: str, device: torch.device, use_ema: bool = T
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, norm: Normalize, batch_size: int = 100,
-                   tta_flip: bool = False, precision: str = "fp32", channels_last: bool = False) -> torch.Tensor:
-    """Logits (float32, on CPU) for uint8 images N x 3 x 32 x 32 on the model's device."""
+def predict_with_flip(model: nn.Module, images: torch.Tensor, norm: Normalize, batch_size: int = 100,
+                      tta_flip: bool = False, precision: str = "fp32",
+                      channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits (float32, on CPU) for uint8 images N x 3 x 32 x 32 on the model's device and, with
+    tta_flip, the log of the mean of each image's and its mirror's probabilities: one more forward
+    pass, since the plain logits are the first half of the TTA."""
     device = next(model.parameters()).device
-    out = []
+    plain, flipped = [], []
     for i in range(0, len(images), batch_size):
         x = norm(images[i:i + batch_size].to(device))
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(precision, device):
             logits = model(x).float()
-            if tta_flip:  # average the probabilities of the image and its mirror
-                logits = (logits.softmax(1) + model(x.flip(3)).float().softmax(1)).div(2).log()
-        out.append(logits.cpu())
-    return torch.cat(out)
+            if tta_flip:
+                mirror = model(x.flip(3)).float()
+                flipped.append((logits.softmax(1) + mirror.softmax(1)).div(2).log().cpu())
+        plain.append(logits.cpu())
+    return torch.cat(plain), torch.cat(flipped) if tta_flip else None
+
+
+def predict_logits(model: nn.Module, images: torch.Tensor, norm: Normalize, batch_size: int = 100,
+                   tta_flip: bool = False, precision: str = "fp32", channels_last: bool = False) -> torch.Tensor:
+    """Logits (float32, on CPU) for uint8 images N x 3 x 32 x 32 on the model's device; with tta_flip,
+    the flip-TTA log-probabilities instead."""
+    plain, flipped = predict_with_flip(model, images, norm, batch_size, tta_flip, precision, channels_last)
+    return flipped if tta_flip else plain
 
 
 def metrics(logits: torch.Tensor, fine: np.ndarray, fine_to_coarse: list[int]) -> dict:
@@ -101,11 +113,10 @@ def measure(model: nn.Module, norm: Normalize, images: data.Split, meta: data.Me
     """Metrics of a model on a split (and with flip TTA, separately); also returns the logits."""
     x = torch.from_numpy(images.images)
     t0 = time.perf_counter()
-    logits = predict_logits(model, x, norm, batch_size, channels_last=channels_last)
+    logits, flipped = predict_with_flip(model, x, norm, batch_size, tta, channels_last=channels_last)
     result = {**(head or {}), **metrics(logits, images.fine, meta.fine_to_coarse)}
     if tta:
-        tta_m = metrics(predict_logits(model, x, norm, batch_size, tta_flip=True, channels_last=channels_last),
-                        images.fine, meta.fine_to_coarse)
+        tta_m = metrics(flipped, images.fine, meta.fine_to_coarse)
         result["tta_flip"] = {k: tta_m[k] for k in ("top1", "top5", "superclass", "loss")}
     result["eval_s"] = round(time.perf_counter() - t0, 3)
     result["classes"] = meta.fine_names

@@ -32,7 +32,7 @@ from c100.config import TrainConfig, apply, from_dict, save_yaml
 from c100.device import autocast, resolve_precision, select_device
 from c100.models import create_model
 from c100.models.cpu_conv import use_gemm_weight_grad
-from c100.models.whiten import whiten_stem
+from c100.models.whiten import stem_conv, whiten_stem
 
 WHITEN_IMAGES = 5000  # enough for a stable 27 x 27 patch covariance (5000 x 900 patches)
 CSV_FIELDS = ["epoch", "lr", "res", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_s", "images_per_s",
@@ -203,6 +203,8 @@ class Trainer:
         self.model = create_model(cfg.model).to(self.device)
         if cfg.whiten_stem:  # from training images only; the same on every process, so DDP needs no broadcast
             whiten_stem(self.model, self.norm(self.data.train_x[:WHITEN_IMAGES]))
+        if cfg.freeze_stem:  # no gradient, so neither SGD nor weight decay moves it
+            stem_conv(self.model, "--freeze-stem").weight.requires_grad_(False)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if self.device.type == "cpu" and not cfg.compile:  # the convs fall back to oneDNN's under bf16 autocast

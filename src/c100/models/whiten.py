@@ -38,11 +38,11 @@ def whitening_filters(images: torch.Tensor, kernel: int = 3, eps: float = EPS) -
     return w.float()
 
 
-def stem_conv(model: nn.Module) -> nn.Conv2d:
+def stem_conv(model: nn.Module, flag: str = "--whiten-stem") -> nn.Conv2d:
     """The model's first convolution (it reads the image)."""
     conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     if conv is None or conv.groups != 1:
-        raise UserError("--whiten-stem needs a model whose first layer is a plain convolution; drop the flag")
+        raise UserError(f"{flag} needs a model whose first layer is a plain convolution; drop the flag")
     return conv
 
 
