@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from provenance import provenance  # benchmarks/ is on sys.path when a script there runs
 
-from c100 import checkpoint
+from c100 import UserError, checkpoint
 from c100.config import resolve
 from c100.evaluate import evaluate_run, format_table
 from c100.train import train
@@ -118,4 +118,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except UserError as e:  # a bad --set or --preset: one line, as the c100 command prints it
+        raise SystemExit(f"record.py: error: {e}") from None
