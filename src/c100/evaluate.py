@@ -71,11 +71,9 @@ def predict_with_flip(model: nn.Module, images: torch.Tensor, norm: Normalize, b
 
 
 def predict_logits(model: nn.Module, images: torch.Tensor, norm: Normalize, batch_size: int = 100,
-                   tta_flip: bool = False, precision: str = "fp32", channels_last: bool = False) -> torch.Tensor:
-    """Logits (float32, on CPU) for uint8 images N x 3 x 32 x 32 on the model's device; with tta_flip,
-    the flip-TTA log-probabilities instead."""
-    plain, flipped = predict_with_flip(model, images, norm, batch_size, tta_flip, precision, channels_last)
-    return flipped if tta_flip else plain
+                   precision: str = "fp32", channels_last: bool = False) -> torch.Tensor:
+    """Logits (float32, on CPU) for uint8 images N x 3 x 32 x 32 on the model's device."""
+    return predict_with_flip(model, images, norm, batch_size, False, precision, channels_last)[0]
 
 
 def metrics(logits: torch.Tensor, fine: np.ndarray, fine_to_coarse: list[int]) -> dict:
