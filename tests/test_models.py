@@ -3,6 +3,8 @@ import torch
 
 from c100 import UserError
 from c100.models import count_parameters, create_model, list_models
+from c100.models.cpu_conv import GemmGradConv2d, use_gemm_weight_grad
+from c100.models.fold import fold_batchnorm
 from c100.models.seed import same_pad
 
 
@@ -165,3 +167,47 @@ def test_whiten_stem_sets_only_the_stem():
     assert all(torch.equal(after[k], v) for k, v in before.items() if k != "conv1.weight")
     with pytest.raises(UserError, match="square stem over 1 channels"):
         whiten_stem(model, torch.randn(4, 1, 32, 32))
+
+
+def _with_running_stats(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial BN statistics and affine parameters, so a fold that drops or misplaces them shows."""
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(torch.randn(c, generator=g))
+            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(c, generator=g))
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg16"])
+def test_fold_batchnorm_same_outputs_without_batchnorm(name):
+    torch.manual_seed(0)
+    model = _with_running_stats(create_model(name))
+    use_gemm_weight_grad(model)  # the trainer's model: fold_batchnorm must see through the subclass
+    model = model.to(memory_format=torch.channels_last)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = fold_batchnorm(model)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        want, got = model(x), folded(x)
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    convs = [m for m in folded.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    # the model itself is untouched: same weights, still its BN layers and its training convolutions
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) > 0
+    assert any(isinstance(m, GemmGradConv2d) for m in model.modules())
+
+
+def test_fold_batchnorm_leaves_untraceable_model_unfolded():
+    torch.manual_seed(0)
+    model = _with_running_stats(create_model("resnet18-seed"))
+    folded = fold_batchnorm(model)  # fx cannot trace its input-size-dependent "same" padding
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(folded(x), model(x))
+    assert folded is not model and not folded.training

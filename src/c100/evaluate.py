@@ -22,6 +22,7 @@ from c100.augment import Normalize
 from c100.config import from_dict
 from c100.device import autocast, select_device
 from c100.models import create_model
+from c100.models.fold import fold_batchnorm
 
 
 def resolve_checkpoint(run: str | Path, which: str = "last") -> Path:
@@ -39,13 +40,17 @@ def resolve_checkpoint(run: str | Path, which: str = "last") -> Path:
 
 
 def load_model(state: dict, source: str, device: torch.device, use_ema: bool = True,
-               channels_last: bool = False) -> nn.Module:
+               channels_last: bool = False, fold: bool = False) -> nn.Module:
+    """The checkpoint's network in eval mode; with `fold`, BatchNorm folded into the convolutions
+    for inference (1.1x faster on the CPU, same outputs: models/fold.py), else with its own layers."""
     arch = state.get("arch") or state["config"].get("model")
     model = create_model(arch)
     weights = state["ema"] if use_ema and state.get("ema") is not None else state["model"]
     checkpoint.load_weights(model, weights, source, arch)
     model = model.to(device).eval()
-    return model.to(memory_format=torch.channels_last) if channels_last else model
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return fold_batchnorm(model) if fold else model
 
 
 @torch.no_grad()
@@ -135,7 +140,7 @@ def _evaluate(run, split, which, tta, data_dir, device) -> Predictions:
     if data_dir:
         cfg.data_dir = data_dir
     dev = select_device(device)
-    model = load_model(state, str(ck), dev, channels_last=cfg.channels_last)
+    model = load_model(state, str(ck), dev, channels_last=cfg.channels_last, fold=True)
     images, meta = load_eval_split(cfg, split)
     if meta.fine_names != state.get("classes", meta.fine_names):
         raise UserError(f"the class names of {cfg.data_dir} differ from those {ck} was trained on; "

@@ -17,6 +17,7 @@ from c100.augment import Normalize
 from c100.config import from_dict
 from c100.device import select_device
 from c100.evaluate import load_model, predict_logits, resolve_checkpoint
+from c100.models.fold import fold_batchnorm
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm"}
 MAX_PIXELS = 64_000_000  # larger images are refused before decoding (a 64-megapixel photo is plenty)
@@ -115,7 +116,7 @@ class Predictor:
         ck = resolve_checkpoint(source, which)
         state = checkpoint.load(ck)
         dev = select_device(device)
-        model = load_model(state, str(ck), dev)
+        model = load_model(state, str(ck), dev, fold=True)
         norm = Normalize(from_dict(state["config"]).normalize, dev)
         return cls(lambda a: predict_logits(model, _tensor(a), norm), state["classes"],
                    state["superclasses"], state["fine_to_coarse"])
@@ -136,7 +137,7 @@ class Predictor:
             def run(a: np.ndarray) -> torch.Tensor:
                 return torch.from_numpy(net(norm(_tensor(a)).numpy()))
         else:
-            model = load_safetensors(path, meta).to(dev)
+            model = fold_batchnorm(load_safetensors(path, meta).to(dev))
 
             def run(a: np.ndarray) -> torch.Tensor:
                 return predict_logits(model, _tensor(a), norm)

@@ -32,6 +32,7 @@ from c100.config import TrainConfig, apply, from_dict, save_yaml
 from c100.device import autocast, resolve_precision, select_device
 from c100.models import create_model
 from c100.models.cpu_conv import use_gemm_weight_grad
+from c100.models.fold import fold_batchnorm
 from c100.models.whiten import stem_conv, whiten_stem
 
 WHITEN_IMAGES = 5000  # enough for a stable 27 x 27 patch covariance (5000 x 900 patches)
@@ -422,8 +423,9 @@ class Trainer:
         """Validation loss and accuracy (of the EMA weights when kept); tracks best and target."""
         judged = self.ema.model if self.ema else self.model
         distributed.broadcast_buffers(judged)  # one model judged: rank 0's BN statistics everywhere
-        val_loss, val_acc = evaluate_loss_acc(judged, self.data.val_x, self.data.val_y, self.cfg, self.norm,
-                                              self.device)
+        # BatchNorm folded into the convolutions of a copy: 1.1x faster on the CPU, same outputs
+        val_loss, val_acc = evaluate_loss_acc(fold_batchnorm(judged), self.data.val_x, self.data.val_y, self.cfg,
+                                              self.norm, self.device)
         if val_acc > self.best_acc:  # the same all-reduced accuracy on every process
             self.best_acc = val_acc
             if distributed.is_main():  # the only one that writes best.pt

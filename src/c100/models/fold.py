@@ -1,0 +1,41 @@
+"""BatchNorm folded into the convolution before it, for inference.
+
+In eval mode a BatchNorm after a convolution is a fixed per-channel scale and shift, so it can be
+merged into the convolution's weight and bias: same outputs up to float rounding, one pass over the
+activations less per layer. torch.fx finds the conv -> BN pairs in the traced graph and
+torch.nn.utils.fusion does the arithmetic (`torch.fx.experimental.optimization.fuse`). On the 2-core
+CPU this evaluates ResNet18 1.10x faster (benchmarks/results/eval-speed-cpu.json).
+
+The folded model is a flat fx GraphModule: use it to compute outputs, not to hook into its layers. A
+model fx cannot trace (the seed's Keras "same" padding depends on the input size) stays unfolded:
+same outputs, just not faster.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+from torch.fx.experimental.optimization import fuse
+from torch.fx.proxy import TraceError
+
+from c100.models.cpu_conv import GemmGradConv2d
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of `model` with every BatchNorm2d that directly follows an nn.Conv2d merged
+    into it; the model itself is left as it is."""
+    folded = copy.deepcopy(model).eval()
+    channels_last = False
+    for m in folded.modules():
+        if isinstance(m, GemmGradConv2d):
+            m.__class__ = nn.Conv2d  # only its training backward differs; fx matches the exact type
+        if isinstance(m, nn.Conv2d):
+            channels_last = m.weight.is_contiguous(memory_format=torch.channels_last) and m.weight.shape[2] > 1
+    try:
+        folded = fuse(folded, inplace=True)
+    except TraceError:
+        return folded
+    # the folded weights are new tensors in the default layout: restore the model's
+    return folded.to(memory_format=torch.channels_last) if channels_last else folded
