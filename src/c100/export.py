@@ -17,6 +17,7 @@ from c100 import UserError, checkpoint
 from c100.data import MEAN, STD
 from c100.evaluate import load_model, resolve_checkpoint
 from c100.models import create_model
+from c100.models.fold import fold_batchnorm
 
 FORMATS = ("safetensors", "onnx")
 
@@ -178,9 +179,13 @@ def evaluate_weights(name: str | Path, split: str = "test", tta: bool = False, d
     cfg.data_dir = data_dir or os.environ.get("CIFAR100_DATA", "./data")
     dev = select_device(device)
     model = load_safetensors(path, meta).to(dev)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     images, data_meta = load_eval_split(cfg, split)
     head = {"checkpoint": str(path), "epoch": meta["trained"]["epochs"], "split": split, "arch": meta["arch"],
             "weights": f"exported ({meta.get('dtype', '?')})"}
-    result, _ = measure(model, Normalize(meta["normalize"]["kind"], dev), images, data_meta, tta, head)
+    # as `c100 evaluate RUN` measures: BN folded, the run's evaluation batch and memory layout
+    result, _ = measure(fold_batchnorm(model), Normalize(meta["normalize"]["kind"], dev), images, data_meta, tta,
+                        head, cfg.eval_batch_size, cfg.channels_last)
     result["recorded"] = meta["accuracy"].get(split)
     return result
