@@ -182,12 +182,13 @@ def _with_running_stats(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval()
 
 
-@pytest.mark.parametrize("name", ["resnet18", "vgg16"])
-def test_fold_batchnorm_same_outputs_without_batchnorm(name):
+@pytest.mark.parametrize("name,nhwc", [("resnet18", True), ("vgg16", True), ("resnet18", False)])
+def test_fold_batchnorm_same_outputs_without_batchnorm(name, nhwc):
     torch.manual_seed(0)
     model = _with_running_stats(create_model(name))
     use_gemm_weight_grad(model)  # the trainer's model: fold_batchnorm must see through the subclass
-    model = model.to(memory_format=torch.channels_last)
+    layout = torch.channels_last if nhwc else torch.contiguous_format
+    model = model.to(memory_format=layout)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     folded = fold_batchnorm(model)
     x = torch.randn(3, 3, 32, 32)
@@ -196,7 +197,7 @@ def test_fold_batchnorm_same_outputs_without_batchnorm(name):
     assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     convs = [m for m in folded.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    assert convs and all(c.weight.is_contiguous(memory_format=layout) for c in convs)  # the model's layout
     # the model itself is untouched: same weights, still its BN layers and its training convolutions
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) > 0

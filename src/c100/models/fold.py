@@ -27,12 +27,12 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     """An eval-mode copy of `model` with every BatchNorm2d that directly follows an nn.Conv2d merged
     into it; the model itself is left as it is."""
     folded = copy.deepcopy(model).eval()
-    channels_last = False
     for m in folded.modules():
         if isinstance(m, GemmGradConv2d):
             m.__class__ = nn.Conv2d  # only its training backward differs; fx matches the exact type
-        if isinstance(m, nn.Conv2d):
-            channels_last = m.weight.is_contiguous(memory_format=torch.channels_last) and m.weight.shape[2] > 1
+    # 1x1 weights are contiguous in both layouts: the 3x3 ones tell which the model uses
+    channels_last = any(m.weight.shape[2] > 1 and m.weight.is_contiguous(memory_format=torch.channels_last)
+                        for m in folded.modules() if isinstance(m, nn.Conv2d))
     try:
         folded = fuse(folded, inplace=True)
     except TraceError:
