@@ -74,3 +74,11 @@ def use_gemm_weight_grad(model: nn.Module) -> int:
             m.__class__ = GemmGradConv2d  # same attributes and parameters: only forward changes
             n += 1
     return n
+
+
+def use_plain_conv(model: nn.Module) -> None:
+    """Undo use_gemm_weight_grad in place: back to nn.Conv2d (which graph tools such as torch.fx match
+    by exact type)."""
+    for m in model.modules():
+        if isinstance(m, GemmGradConv2d):
+            m.__class__ = nn.Conv2d
