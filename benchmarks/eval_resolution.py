@@ -1,0 +1,68 @@
+"""Validation accuracy of trained runs when their input is resized before the network, side by side.
+
+A run trained with progressive resizing that stops at 24 px sees 32 px images only at evaluation;
+this measures, on the run's own validation split (never the test set), whether its final model does
+better on the 32 px images as they are or downsampled to the last training resolution (the same
+bilinear, antialiased resize as training). It also times each pass: a 24 px pass costs about half
+of a 32 px one. A question for the proxies, not a feature yet.
+
+    python benchmarks/eval_resolution.py benchmarks/runs/select8-res16-24-s0 --sizes 32 24 --data-dir data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from provenance import provenance  # benchmarks/ is on sys.path when a script there runs
+
+from c100 import checkpoint
+from c100.augment import Normalize, resize
+from c100.config import from_dict
+from c100.evaluate import load_eval_split, load_model, metrics
+
+
+@torch.no_grad()
+def val_at(model, images, norm, size: int, batch: int = 100) -> torch.Tensor:
+    out = []
+    for i in range(0, len(images), batch):
+        x = norm(images[i:i + batch])
+        x = resize(x, size) if size != x.shape[-1] else x
+        out.append(model(x.contiguous(memory_format=torch.channels_last)).float())
+    return torch.cat(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", help="run folders (their last.pt is measured)")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[32, 24])
+    ap.add_argument("--data-dir", default="data")
+    ap.add_argument("--out", help="JSON file for the results")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    rows = []
+    for run in args.runs:
+        state = checkpoint.load(Path(run) / "last.pt")
+        cfg = from_dict(state["config"])
+        cfg.data_dir = args.data_dir
+        model = load_model(state, run, torch.device("cpu"), channels_last=True, fold=True)
+        split, meta = load_eval_split(cfg, "val")
+        images, norm = torch.from_numpy(split.images), Normalize(cfg.normalize, torch.device("cpu"))
+        for size in args.sizes:
+            t0 = time.perf_counter()
+            m = metrics(val_at(model, images, norm, size), split.fine, meta.fine_to_coarse)
+            seconds = time.perf_counter() - t0
+            rows.append({"run": run, "resolutions": cfg.resolutions, "steps": state["scheduler"]["step"],
+                         "eval_size": size, "val_top1": round(m["top1"], 4), "val_loss": round(m["loss"], 4),
+                         "eval_s": round(seconds, 1)})
+            print(json.dumps(rows[-1]), flush=True)
+    if args.out:
+        checkpoint.atomic_write_json(args.out, {**provenance(torch.device("cpu")), "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
