@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from c100.data import MEAN, STD
@@ -122,6 +123,26 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
     if x.shape[-1] == size:
         return x
     return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+class Resized(nn.Module):
+    """A network that first resizes its input batch as training did: the evaluation side of progressive
+    resizing that ends below 32 px (TrainConfig.eval_size)."""
+
+    def __init__(self, net: nn.Module, size: int):
+        super().__init__()
+        self.net, self.size = net, size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = resize(x, self.size)
+        if x.is_contiguous(memory_format=torch.channels_last):
+            y = y.contiguous(memory_format=torch.channels_last)  # keep the layout the caller chose
+        return self.net(y)
+
+
+def at_size(net: nn.Module, size: int) -> nn.Module:
+    """The network as it should see 32 px images: itself at 32 px, else wrapped to resize them first."""
+    return net if size == 32 else Resized(net, size)
 
 
 def train_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, spec: AugmentSpec,

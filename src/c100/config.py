@@ -85,6 +85,9 @@ class TrainConfig:
     normalize: str = _f("cifar100", "cifar100 (CIFAR-100 mean/std) | none (pixels / 255)")
     resolutions: list = _f([], "progressive resizing: training resolutions in order, e.g. 16 24 32 (empty = 32)")
     res_milestones: list = _f([], "fractions of training where the next resolution starts, e.g. 0.4 0.7")
+    eval_resolution: int = _f(0, "pixel size the images are resized to (as in training) for validation, "
+                                 "evaluation and prediction (0 = the last training resolution: 32 without "
+                                 "--resolutions)")
     # speed
     precision: str = _f("auto", "auto (bf16 on GPUs and CPUs with native bf16, else fp32) | fp32 | bf16 "
                                 "(autocast) | fp16 (GPU, with a grad scaler)")
@@ -144,6 +147,14 @@ class TrainConfig:
             raise UserError("--res-milestones given without --resolutions; give both or neither")
         if any(not 0 < m < 1 for m in ms) or list(ms) != sorted(ms):
             raise UserError(f"--res-milestones must be increasing fractions in (0, 1), got {ms}")
+        if self.eval_resolution and not 8 <= self.eval_resolution <= 32:
+            raise UserError(f"--eval-resolution must be a pixel size in 8..32 (or 0 for the last training "
+                            f"resolution), got {self.eval_resolution}")
+
+    def eval_size(self) -> int:
+        """The pixel size the model sees outside training: a model whose training ended at 24 px scores
+        far better on test images brought to 24 px than on the 32 px originals (eval-resolution-*)."""
+        return int(self.eval_resolution or (self.resolutions[-1] if self.resolutions else 32))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

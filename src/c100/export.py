@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from c100 import UserError, checkpoint
+from c100.config import from_dict
 from c100.data import MEAN, STD
 from c100.evaluate import load_model, resolve_checkpoint
 from c100.models import create_model
@@ -26,8 +27,15 @@ def sidecar_path(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
+def input_size(meta: dict) -> int:
+    """The pixel size an exported network takes, as its sidecar declares it (32 when it says nothing)."""
+    return int(meta.get("input", {}).get("shape", [3, 32, 32])[-1])
+
+
 def describe(state: dict, ck: Path) -> dict:
     cfg = state["config"]
+    size = from_dict(cfg).eval_size()
+    resized = f", then resized to {size}x{size} (bilinear, antialiased)" if size != 32 else ""
     evals = {}
     for f in sorted(ck.parent.glob(f"eval-*-{ck.stem}.json")):
         r = json.loads(f.read_text())
@@ -37,9 +45,9 @@ def describe(state: dict, ck: Path) -> dict:
         "format": "c100-export-1",
         "arch": state["arch"],
         "num_classes": len(state["classes"]),
-        "input": {"shape": [3, 32, 32], "layout": "NCHW", "dtype": "float32",
-                  "pixels": "RGB scaled to [0, 1], then (x - mean) / std" if cfg["normalize"] == "cifar100"
-                  else "RGB scaled to [0, 1]"},
+        "input": {"shape": [3, size, size], "layout": "NCHW", "dtype": "float32",
+                  "pixels": ("RGB scaled to [0, 1], then (x - mean) / std" if cfg["normalize"] == "cifar100"
+                             else "RGB scaled to [0, 1]") + resized},
         "normalize": {"kind": cfg["normalize"], "mean": list(MEAN) if cfg["normalize"] == "cifar100" else [0, 0, 0],
                       "std": list(STD) if cfg["normalize"] == "cifar100" else [1, 1, 1]},
         "classes": state["classes"],
@@ -70,16 +78,18 @@ def export_run(run: str | Path, fmt: str, which: str = "last", out: str | Path |
         checkpoint.atomic_write_bytes(path, save(tensors, metadata={"arch": state["arch"]}))
         meta["dtype"] = str(dtype).replace("torch.", "")
     else:
-        meta["onnx"] = export_onnx(model, path)
+        meta["onnx"] = export_onnx(model, path, input_size(meta))
     checkpoint.atomic_write_json(sidecar_path(path), meta)
     return path, sidecar_path(path)
 
 
-def export_onnx(model: nn.Module, path: Path) -> dict:
-    """Trace to ONNX with a dynamic batch axis, then check it against PyTorch with onnxruntime."""
+def export_onnx(model: nn.Module, path: Path, size: int = 32) -> dict:
+    """Trace to ONNX for size x size inputs with a dynamic batch axis, then check it against PyTorch with
+    onnxruntime. The resize to `size` stays outside the graph, like the normalisation (opset 17 has no
+    antialiased resize)."""
     import io
 
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, 3, size, size)
     buf = io.BytesIO()
     try:
         # The TorchScript exporter: it needs only `onnx` and works from torch 2.4 to 2.13 alike; the newer
@@ -93,7 +103,7 @@ def export_onnx(model: nn.Module, path: Path) -> dict:
         raise UserError(f"ONNX export needs the onnx package ({e}); pip install 'c100[export]'") from None
     checkpoint.atomic_write_bytes(path, buf.getvalue())
     check = torch.Generator().manual_seed(0)
-    batch = torch.randn(64, 3, 32, 32, generator=check)
+    batch = torch.randn(64, 3, size, size, generator=check)
     with torch.no_grad():
         ref = model(batch).numpy()
     got = OnnxModel(path)(batch.numpy())
@@ -166,8 +176,7 @@ def resolve_weights(name: str | Path) -> Path:
 def evaluate_weights(name: str | Path, split: str = "test", tta: bool = False, data_dir: str | None = None,
                      device: str = "auto") -> dict:
     """Re-measure an exported safetensors model on the test set (or its training run's validation split)."""
-    from c100.augment import Normalize
-    from c100.config import from_dict
+    from c100.augment import Normalize, at_size
     from c100.device import select_device
     from c100.evaluate import load_eval_split, measure
 
@@ -183,9 +192,9 @@ def evaluate_weights(name: str | Path, split: str = "test", tta: bool = False, d
         model = model.to(memory_format=torch.channels_last)
     images, data_meta = load_eval_split(cfg, split)
     head = {"checkpoint": str(path), "epoch": meta["trained"]["epochs"], "split": split, "arch": meta["arch"],
-            "weights": f"exported ({meta.get('dtype', '?')})"}
-    # as `c100 evaluate RUN` measures: BN folded, the run's evaluation batch and memory layout
-    result, _ = measure(fold_batchnorm(model), Normalize(meta["normalize"]["kind"], dev), images, data_meta, tta,
-                        head, cfg.eval_batch_size, cfg.channels_last)
+            "weights": f"exported ({meta.get('dtype', '?')})", "eval_size": cfg.eval_size()}
+    # as `c100 evaluate RUN` measures: BN folded, the run's evaluation size, batch and memory layout
+    net, norm = at_size(fold_batchnorm(model), cfg.eval_size()), Normalize(meta["normalize"]["kind"], dev)
+    result, _ = measure(net, norm, images, data_meta, tta, head, cfg.eval_batch_size, cfg.channels_last)
     result["recorded"] = meta["accuracy"].get(split)
     return result

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from c100 import UserError, checkpoint
-from c100.augment import Normalize
+from c100.augment import Normalize, at_size, resize
 from c100.config import from_dict
 from c100.device import select_device
 from c100.evaluate import load_model, predict_logits, resolve_checkpoint
@@ -116,28 +116,29 @@ class Predictor:
         ck = resolve_checkpoint(source, which)
         state = checkpoint.load(ck)
         dev = select_device(device)
-        model = load_model(state, str(ck), dev, fold=True)
-        norm = Normalize(from_dict(state["config"]).normalize, dev)
+        cfg = from_dict(state["config"])
+        model = at_size(load_model(state, str(ck), dev, fold=True), cfg.eval_size())
+        norm = Normalize(cfg.normalize, dev)
         return cls(lambda a: predict_logits(model, _tensor(a), norm), state["classes"],
                    state["superclasses"], state["fine_to_coarse"])
 
     @classmethod
     def from_export(cls, path: str | Path, device: str = "cpu") -> Predictor:
-        from c100.export import OnnxModel, load_safetensors, load_sidecar
+        from c100.export import OnnxModel, input_size, load_safetensors, load_sidecar
 
         path = Path(path)
         if not path.is_file():
             raise UserError(f"weights file {path} not found; pass a .safetensors or .onnx file from `c100 export`")
         meta = load_sidecar(path)
         dev = torch.device("cpu") if path.suffix == ".onnx" else select_device(device)  # onnxruntime: CPU
-        norm = Normalize(meta["normalize"]["kind"], dev)
+        norm, size = Normalize(meta["normalize"]["kind"], dev), input_size(meta)
         if path.suffix == ".onnx":
             net = OnnxModel(path)
 
             def run(a: np.ndarray) -> torch.Tensor:
-                return torch.from_numpy(net(norm(_tensor(a)).numpy()))
+                return torch.from_numpy(net(resize(norm(_tensor(a)), size).numpy()))
         else:
-            model = fold_batchnorm(load_safetensors(path, meta).to(dev))
+            model = at_size(fold_batchnorm(load_safetensors(path, meta).to(dev)), size)
 
             def run(a: np.ndarray) -> torch.Tensor:
                 return predict_logits(model, _tensor(a), norm)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from c100 import UserError, augment, checkpoint, data, distributed
-from c100.augment import AugmentSpec, Normalize, epoch_generator, eval_batches, resize, steps_per_epoch
+from c100.augment import AugmentSpec, Normalize, at_size, epoch_generator, eval_batches, resize, steps_per_epoch
 from c100.config import TrainConfig, apply, from_dict, save_yaml
 from c100.device import autocast, resolve_precision, select_device
 from c100.models import create_model
@@ -423,9 +423,10 @@ class Trainer:
         """Validation loss and accuracy (of the EMA weights when kept); tracks best and target."""
         judged = self.ema.model if self.ema else self.model
         distributed.broadcast_buffers(judged)  # one model judged: rank 0's BN statistics everywhere
-        # BatchNorm folded into the convolutions of a copy: 1.1x faster on the CPU, same outputs
-        val_loss, val_acc = evaluate_loss_acc(fold_batchnorm(judged), self.data.val_x, self.data.val_y, self.cfg,
-                                              self.norm, self.device)
+        # BatchNorm folded into the convolutions of a copy: 1.1x faster on the CPU, same outputs; the
+        # images at the size the model is evaluated at (the last training resolution unless set)
+        net = at_size(fold_batchnorm(judged), self.cfg.eval_size())
+        val_loss, val_acc = evaluate_loss_acc(net, self.data.val_x, self.data.val_y, self.cfg, self.norm, self.device)
         if val_acc > self.best_acc:  # the same all-reduced accuracy on every process
             self.best_acc = val_acc
             if distributed.is_main():  # the only one that writes best.pt
