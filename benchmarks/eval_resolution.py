@@ -60,7 +60,8 @@ def main() -> int:
                          "eval_s": round(seconds, 1)})
             print(json.dumps(rows[-1]), flush=True)
     if args.out:
-        checkpoint.atomic_write_json(args.out, {**provenance(torch.device("cpu")), "rows": rows})
+        out = {"benchmark": "eval-resolution", **provenance(torch.device("cpu")), "rows": rows}
+        checkpoint.atomic_write_json(args.out, out)
     return 0
 
 
