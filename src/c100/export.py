@@ -192,9 +192,9 @@ def evaluate_weights(name: str | Path, split: str = "test", tta: bool = False, d
         model = model.to(memory_format=torch.channels_last)
     images, data_meta = load_eval_split(cfg, split)
     head = {"checkpoint": str(path), "epoch": meta["trained"]["epochs"], "split": split, "arch": meta["arch"],
-            "weights": f"exported ({meta.get('dtype', '?')})", "eval_size": cfg.eval_size()}
+            "weights": f"exported ({meta.get('dtype', '?')})", "eval_size": input_size(meta)}
     # as `c100 evaluate RUN` measures: BN folded, the run's evaluation size, batch and memory layout
-    net, norm = at_size(fold_batchnorm(model), cfg.eval_size()), Normalize(meta["normalize"]["kind"], dev)
+    net, norm = at_size(fold_batchnorm(model), input_size(meta)), Normalize(meta["normalize"]["kind"], dev)
     result, _ = measure(net, norm, images, data_meta, tta, head, cfg.eval_batch_size, cfg.channels_last)
     result["recorded"] = meta["accuracy"].get(split)
     return result
