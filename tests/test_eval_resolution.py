@@ -13,7 +13,7 @@ from c100.augment import Normalize, Resized, at_size, resize
 from c100.cli import main
 from c100.config import resolve
 from c100.evaluate import evaluate_run, load_eval_split, load_model, metrics
-from c100.export import export_run, load_sidecar
+from c100.export import evaluate_weights, export_run, load_sidecar
 from c100.predict import Predictor
 from c100.train import train
 from conftest import tiny_cfg
@@ -70,9 +70,11 @@ def test_validation_and_evaluate_use_the_training_resolution(run16):
     assert result["loss"] == pytest.approx(at16["loss"], abs=1e-4)
 
 
-def test_exports_and_predict_resize_alike(run16, tmp_path, capsys):
+def test_exports_and_predict_resize_alike(run16, cifar_dir, tmp_path, capsys):
     path, _ = run16
     st, _ = export_run(path, "safetensors", out=tmp_path / "m.safetensors")
+    exported = evaluate_weights(st, "val", data_dir=str(cifar_dir))
+    assert exported["eval_size"] == 16 and exported["top1"] == pytest.approx(evaluate_run(path, "val")["top1"])
     onnx, _ = export_run(path, "onnx", out=tmp_path / "m.onnx")
     meta = load_sidecar(onnx)
     assert meta["input"]["shape"] == [3, 16, 16] and "resized to 16x16" in meta["input"]["pixels"]
