@@ -4,7 +4,8 @@ A run trained with progressive resizing that stops at 24 px sees 32 px images on
 this measures, on the run's own validation split (never the test set), whether its final model does
 better on the 32 px images as they are or downsampled to the last training resolution (the same
 bilinear, antialiased resize as training). It also times each pass: a 24 px pass costs about half
-of a 32 px one. A question for the proxies, not a feature yet.
+of a 32 px one. Its answer for the select8 proxies made `--eval-resolution` (by default the last
+training resolution) part of the trainer, `evaluate`, `predict` and exports.
 
     python benchmarks/eval_resolution.py benchmarks/runs/select8-res16-24-s0 --sizes 32 24 --data-dir data
 """
