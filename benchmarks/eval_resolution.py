@@ -21,19 +21,9 @@ import torch
 from provenance import provenance  # benchmarks/ is on sys.path when a script there runs
 
 from c100 import checkpoint
-from c100.augment import Normalize, resize
+from c100.augment import Normalize, at_size
 from c100.config import from_dict
-from c100.evaluate import load_eval_split, load_model, metrics
-
-
-@torch.no_grad()
-def val_at(model, images, norm, size: int, batch: int = 100) -> torch.Tensor:
-    out = []
-    for i in range(0, len(images), batch):
-        x = norm(images[i:i + batch])
-        x = resize(x, size) if size != x.shape[-1] else x
-        out.append(model(x.contiguous(memory_format=torch.channels_last)).float())
-    return torch.cat(out)
+from c100.evaluate import load_eval_split, load_model, metrics, predict_logits
 
 
 def main() -> int:
@@ -54,7 +44,8 @@ def main() -> int:
         images, norm = torch.from_numpy(split.images), Normalize(cfg.normalize, torch.device("cpu"))
         for size in args.sizes:
             t0 = time.perf_counter()
-            m = metrics(val_at(model, images, norm, size), split.fine, meta.fine_to_coarse)
+            logits = predict_logits(at_size(model, size), images, norm, channels_last=True)
+            m = metrics(logits, split.fine, meta.fine_to_coarse)
             seconds = time.perf_counter() - t0
             rows.append({"run": run, "resolutions": cfg.resolutions, "steps": state["scheduler"]["step"],
                          "eval_size": size, "val_top1": round(m["top1"], 4), "val_loss": round(m["loss"], 4),

@@ -140,13 +140,14 @@ def _evaluate(run, split, which, tta, data_dir, device) -> Predictions:
     if data_dir:
         cfg.data_dir = data_dir
     dev = select_device(device)
-    model = at_size(load_model(state, str(ck), dev, channels_last=cfg.channels_last, fold=True), cfg.eval_size())
+    size = cfg.eval_size()
+    model = at_size(load_model(state, str(ck), dev, channels_last=cfg.channels_last, fold=True), size)
     images, meta = load_eval_split(cfg, split)
     if meta.fine_names != state.get("classes", meta.fine_names):
         raise UserError(f"the class names of {cfg.data_dir} differ from those {ck} was trained on; "
                         f"evaluate on the same data set")
     head = {"checkpoint": str(ck), "epoch": state["epoch"], "split": split, "arch": state["arch"],
-            "weights": "ema" if state.get("ema") is not None else "model", "eval_size": cfg.eval_size()}
+            "weights": "ema" if state.get("ema") is not None else "model", "eval_size": size}
     # the run's own evaluation batch and layout: NHWC at batch 100 is 1.7x faster than NCHW at 500 on
     # the 2-core CPU (104 vs 62 img/s); GPU presets set a larger batch
     result, logits = measure(model, Normalize(cfg.normalize, dev), images, meta, tta, head,
