@@ -69,6 +69,8 @@ class TrainConfig:
                                   "(models/whiten.py; the architecture is unchanged)")
     freeze_stem: bool = _f(False, "keep the stem's filters at their initial values (with --whiten-stem, as "
                                   "airbench does: the whitening stays exact; its BatchNorm still trains)")
+    freeze_early_at: float = _f(0.0, "from this fraction of training on, stop training the stem and the first "
+                                     "stage (ResNet's layer1): their backward passes are skipped (0 = never)")
     # time-to-accuracy
     time_budget: float = _f(0.0, "seconds of training (0 = off): the lr and resolution schedules follow the "
                                  "clock instead of the step count, and training stops when it is spent; "
@@ -131,6 +133,9 @@ class TrainConfig:
             raise UserError(f"--milestones must be fractions of training in (0, 1), got {self.milestones}")
         if not 0 <= self.target_acc <= 1:
             raise UserError(f"--target-acc is a fraction in [0, 1] (e.g. 0.6221), got {self.target_acc}")
+        if not 0 <= self.freeze_early_at < 1:
+            raise UserError(f"--freeze-early-at is a fraction of training in [0, 1) (0 = off), got "
+                            f"{self.freeze_early_at}")
         if self.alt_flip and not self.flip:
             raise UserError("--alt-flip needs --flip (it decides which images are mirrored, not whether)")
         self._validate_resolutions()

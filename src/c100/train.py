@@ -33,6 +33,7 @@ from c100.device import autocast, resolve_precision, select_device
 from c100.models import create_model
 from c100.models.cpu_conv import use_gemm_weight_grad
 from c100.models.fold import fold_batchnorm
+from c100.models.resnet import early_parameters
 from c100.models.whiten import stem_conv, whiten_stem
 
 WHITEN_IMAGES = 5000  # enough for a stable 27 x 27 patch covariance (5000 x 900 patches)
@@ -206,6 +207,11 @@ class Trainer:
             whiten_stem(self.model, self.norm(self.data.train_x[:WHITEN_IMAGES]))
         if cfg.freeze_stem:  # no gradient, so neither SGD nor weight decay moves it
             stem_conv(self.model, "--freeze-stem").weight.requires_grad_(False)
+        # Frozen from cfg.freeze_early_at on (FreezeOut, Brock et al. 2017): with nothing before them to
+        # train, autograd then skips the backward of the stem and layer1, the largest maps.
+        self.early = early_parameters(self.model) if cfg.freeze_early_at else []
+        if self.early and self.world > 1:
+            raise UserError("--freeze-early-at does not run under torchrun (DDP expects every gradient); drop it")
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if self.device.type == "cpu" and not cfg.compile:  # the convs fall back to oneDNN's under bf16 autocast
@@ -315,6 +321,13 @@ class Trainer:
             g["lr"] = lr
         return lr
 
+    def freeze_early(self) -> None:
+        """Stop training the early parameters once progress reaches cfg.freeze_early_at; it follows the
+        progress, so a resumed run freezes them at the same step as a straight one."""
+        if self.early and self.early[-1].requires_grad and self.progress() >= self.cfg.freeze_early_at:
+            for p in self.early:
+                p.requires_grad_(False)
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step at the current lr; returns the logits and the (unpenalised) loss."""
         cfg = self.cfg
@@ -380,6 +393,7 @@ class Trainer:
             if self.budget_spent():  # the clock of a GPU step lags (async), by a step or two at most
                 break
             res = resolution_at(cfg, self.progress())
+            self.freeze_early()
             lr = self.set_lr()
             logits, loss = self.train_step(resize(x, res), y)
             if self.ema:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from c100 import UserError
 from c100.models import register
 
 
@@ -65,6 +66,13 @@ class ResNet(nn.Module):
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def early_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The stem's and the first stage's parameters: the ones --freeze-early-at stops training."""
+    if not isinstance(model, ResNet):
+        raise UserError("--freeze-early-at needs a ResNet model (resnet18, resnet34); drop the flag")
+    return [*model.conv1.parameters(), *model.bn1.parameters(), *model.layer1.parameters()]
 
 
 @register
