@@ -191,10 +191,11 @@ def evaluate_weights(name: str | Path, split: str = "test", tta: bool = False, d
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     images, data_meta = load_eval_split(cfg, split)
+    size = input_size(meta)
     head = {"checkpoint": str(path), "epoch": meta["trained"]["epochs"], "split": split, "arch": meta["arch"],
-            "weights": f"exported ({meta.get('dtype', '?')})", "eval_size": input_size(meta)}
+            "weights": f"exported ({meta.get('dtype', '?')})", "eval_size": size}
     # as `c100 evaluate RUN` measures: BN folded, the run's evaluation size, batch and memory layout
-    net, norm = at_size(fold_batchnorm(model), input_size(meta)), Normalize(meta["normalize"]["kind"], dev)
+    net, norm = at_size(fold_batchnorm(model), size), Normalize(meta["normalize"]["kind"], dev)
     result, _ = measure(net, norm, images, data_meta, tta, head, cfg.eval_batch_size, cfg.channels_last)
     result["recorded"] = meta["accuracy"].get(split)
     return result
