@@ -143,6 +143,30 @@ def test_python_m_entry_point_and_no_traceback():
     assert r.returncode == 0 and "train" in r.stdout and "evaluate" in r.stdout
 
 
+def test_plot_curves_of_a_run_validated_only_at_the_end(tmp_path):
+    """--eval-every 0 (cpu-fast) leaves the val cells of all but the last epoch empty: the curves
+    draw the one validated epoch, and the title says the clock, not the --epochs cap, ended training."""
+    from c100.plots import _figure, curves_title, plot_curves, read_metrics
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text(
+        "epoch,lr,res,train_loss,train_acc,val_loss,val_acc,epoch_s,images_per_s,clock_s,eval_s\n"
+        "1,0.29,16,3.65,0.17,,,442.8,101.6,442.8,0\n"
+        "2,0.20,16,3.04,0.31,,,401.4,112.0,844.2,0\n"
+        "3,0.0001,24,2.33,0.52,1.85,0.521,105.7,57.2,1690.4,21.8\n")
+    (run / "config.yaml").write_text("model: resnet18\noptimizer: sgd\nlr: 0.4\nbatch_size: 64\nepochs: 1000\n"
+                                     "time_budget: 1690\n")
+    m = read_metrics(run)
+    fig = _figure(m, "t")
+    val_lines = [ln for ax in fig.axes[:2] for ln in ax.get_lines() if ln.get_label() == "validation"]
+    assert [list(ln.get_xdata()) for ln in val_lines] == [[3.0], [3.0]]
+    assert [list(ln.get_ydata()) for ln in val_lines] == [[52.1], [1.85]]
+    assert curves_title(run, m) == "run: resnet18, sgd lr 0.4, batch 64, 3 epochs in a 1690 s clock budget"
+    plot_curves(run)  # used to fail on the empty cells
+    assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_plot_curves(cifar_dir, tmp_path, capsys):
     train(tiny_cfg(cifar_dir, epochs="2"), tmp_path / "run", log=lambda *_: None)
     assert main(["plot", str(tmp_path / "run")]) == 0

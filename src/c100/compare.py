@@ -11,7 +11,7 @@ from pathlib import Path
 from c100 import UserError
 from c100.checkpoint import atomic_write_bytes, atomic_write_text
 from c100.config import read_yaml
-from c100.plots import read_metrics
+from c100.plots import read_metrics, validated
 
 FIGSIZE, DPI = (13, 4.6), 100  # the PNG is 1300 x 460 px
 
@@ -60,13 +60,6 @@ def run_names(paths: list[str]) -> list[str]:
     """Folder names, or the paths as given where two folders share a name (runs/a/x, runs/b/x)."""
     names = [Path(p).resolve().name for p in paths]
     return [n if names.count(n) == 1 else str(p).rstrip("/") for n, p in zip(names, paths, strict=True)]
-
-
-def validated(m: dict, key: str) -> tuple[list[float], list[float]]:
-    """(epochs, values) of the epochs that were validated; the others have empty cells."""
-    values = m.get(key) or [None] * len(m["epoch"])  # older or unvalidated runs may lack the column
-    pairs = [(e, v) for e, v in zip(m["epoch"], values, strict=True) if v is not None]
-    return [e for e, _ in pairs], [v for _, v in pairs]
 
 
 def recipe(cfg: dict) -> str:

@@ -27,6 +27,14 @@ def read_metrics(run: Path) -> dict[str, list[float | None]]:
         raise UserError(f"{path} holds non-numeric values; it is not a c100 metrics file") from None
 
 
+def validated(m: dict, key: str) -> tuple[list[float], list[float]]:
+    """(epochs, values) of the epochs that were validated; the others have empty cells (a run with
+    --eval-every 0 validates only at the end)."""
+    values = m.get(key) or [None] * len(m["epoch"])  # older or unvalidated runs may lack the column
+    pairs = [(e, v) for e, v in zip(m["epoch"], values, strict=True) if v is not None]
+    return [e for e, _ in pairs], [v for _, v in pairs]
+
+
 def _figure(m: dict, title: str):
     import matplotlib
 
@@ -34,19 +42,19 @@ def _figure(m: dict, title: str):
     import matplotlib.pyplot as plt
 
     ep = m["epoch"]
-    has_val = any(v is not None for v in m.get("val_acc", []))
+    val_ep, val = validated(m, "val_acc")
     fig, (ax_acc, ax_loss, ax_lr) = plt.subplots(1, 3, figsize=(14, 4.2), constrained_layout=True)
     dots = {"marker": "o", "markersize": 4} if len(ep) <= 30 else {}  # few epochs: show the measured points
     ax_acc.plot(ep, [100 * a for a in m["train_acc"]], color=TRAIN, label="train (augmented)", **dots)
     ax_loss.plot(ep, m["train_loss"], color=TRAIN, label="train (augmented)", **dots)
-    if has_val:
-        val = [100 * a for a in m["val_acc"]]
-        ax_acc.plot(ep, val, color=VAL, label="validation", **dots)
-        ax_loss.plot(ep, m["val_loss"], color=VAL, label="validation", **dots)
+    if val:
+        val = [100 * a for a in val]
+        ax_acc.plot(val_ep, val, color=VAL, label="validation", **dots)
+        ax_loss.plot(*validated(m, "val_loss"), color=VAL, label="validation", **dots)
         best = max(range(len(val)), key=val.__getitem__)
-        ax_acc.scatter([ep[best]], [val[best]], color=VAL, zorder=3)
-        right = best >= len(val) / 2  # keep the label inside the axes, under the curve's peak
-        ax_acc.annotate(f"best {val[best]:.2f}% (epoch {ep[best]:.0f})", (ep[best], val[best]),
+        ax_acc.scatter([val_ep[best]], [val[best]], color=VAL, zorder=3)
+        right = val_ep[best] >= (ep[0] + ep[-1]) / 2  # keep the label inside the axes, under the curve's peak
+        ax_acc.annotate(f"best {val[best]:.2f}% (epoch {val_ep[best]:.0f})", (val_ep[best], val[best]),
                         textcoords="offset points", xytext=(-8 if right else 8, -10), ha="right" if right else "left",
                         va="top", fontsize=9, color=VAL)
     ax_acc.set(title="Accuracy", xlabel="epoch", ylabel="top-1 accuracy (%)")
@@ -63,19 +71,27 @@ def _figure(m: dict, title: str):
     return fig
 
 
-def plot_curves(run: Path | str, out: Path | str | None = None) -> list[Path]:
-    """Draw RUN/metrics.csv to RUN/curves.png and RUN/curves.svg (or OUT.png / OUT.svg)."""
-    run = Path(run)
-    m = read_metrics(run)
+def curves_title(run: Path, m: dict) -> str:
+    """The run's name and, from its config.yaml, the settings that shaped the curves."""
     title = run.resolve().name
     cfg_path = run / "config.yaml"
     if cfg_path.is_file():
         import yaml
 
         cfg = yaml.safe_load(cfg_path.read_text()) or {}
+        length = f"{len(m['epoch'])}/{cfg.get('epochs', '?')} epochs"
+        if cfg.get("time_budget"):  # --epochs is only a cap then: the clock ended training
+            length = f"{len(m['epoch'])} epochs in a {cfg['time_budget']:g} s clock budget"
         title += f": {cfg.get('model', '?')}, {cfg.get('optimizer', '?')} lr {cfg.get('lr', '?')}, " \
-                 f"batch {cfg.get('batch_size', '?')}, {len(m['epoch'])}/{cfg.get('epochs', '?')} epochs"
-    fig = _figure(m, title)
+                 f"batch {cfg.get('batch_size', '?')}, {length}"
+    return title
+
+
+def plot_curves(run: Path | str, out: Path | str | None = None) -> list[Path]:
+    """Draw RUN/metrics.csv to RUN/curves.png and RUN/curves.svg (or OUT.png / OUT.svg)."""
+    run = Path(run)
+    m = read_metrics(run)
+    fig = _figure(m, curves_title(run, m))
     stem = Path(out) if out else run / "curves"
     paths = []
     for fmt in ("png", "svg"):
