@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from provenance import provenance  # benchmarks/ is on sys.path when a script there runs
+from throughput import slice_epoch
 
 from c100 import checkpoint
 from c100.config import resolve
@@ -78,10 +79,7 @@ def step_trainer(args, res: int, freeze_early: bool) -> Trainer:
     if freeze_early:  # as cpu-fast runs after freeze_early_at
         for p in early_parameters(trainer.model):
             p.requires_grad_(False)
-    n = args.steps * cfg.batch_size
-    trainer.data.train_x, trainer.data.train_y = trainer.data.train_x[:n], trainer.data.train_y[:n]
-    trainer.per_epoch = args.steps
-    return trainer
+    return slice_epoch(trainer, args.steps)
 
 
 def main() -> int:

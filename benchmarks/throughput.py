@@ -51,10 +51,14 @@ def sliced_trainer(args, **flags) -> Trainer:
     cfg = resolve("default", None, {"model": args.model, "batch_size": args.batch_size, "data_dir": args.data_dir,
                                     "precision": args.precision, "device": args.device, "epochs": 1,
                                     "val_size": 0, **flags})
-    trainer = Trainer(cfg, Path("/nonexistent-unused"), log=lambda *_: None)
-    n = args.steps * args.batch_size
+    return slice_epoch(Trainer(cfg, Path("/nonexistent-unused"), log=lambda *_: None), args.steps)
+
+
+def slice_epoch(trainer: Trainer, steps: int) -> Trainer:
+    """Make the trainer's epoch its first `steps` batches of the training split (a timed round)."""
+    n = steps * trainer.cfg.batch_size
     trainer.data.train_x, trainer.data.train_y = trainer.data.train_x[:n], trainer.data.train_y[:n]
-    trainer.per_epoch = args.steps
+    trainer.per_epoch = steps
     return trainer
 
 
