@@ -132,8 +132,8 @@ def roofline_table(results: list[dict]) -> str:
     head = ["cpu-fast step (batch 64)", "hardware", "GFLOP per step", "img/s", "GFLOP/s", "share of the matmul rate",
             "command"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    frozen = {True: "stem and layer1 frozen", False: "stem frozen"}
     for r in (r for r in results if r.get("benchmark") == "roofline"):
-        frozen = {True: "stem and layer1 frozen", False: "stem frozen"}
         lines += [f"| {s['res']} px, {frozen[s['early_frozen']]} | {r['device']} | "
                   f"{s['step_gflops']:.1f} | {s['images_per_s']:.1f} | {s['achieved_gflops_per_s']:.1f} | "
                   f"{100 * s['fraction_of_matmul']:.0f}% of {s['matmul_gflops_per_s']:.0f} ({r['rounds']} rounds) | "
