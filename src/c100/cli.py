@@ -302,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
         if distributed.reports_errors():  # under torchrun: one line per machine, not one per process
             where = "" if distributed.is_main() else f" (rank {distributed.rank()})"
             print(f"c100: error{where}: {e}", file=sys.stderr)
+        else:  # torchrun kills the others when one process exits: let the reporting one print first
+            import time
+
+            time.sleep(2.0)
         return 2
     except KeyboardInterrupt:
         print("c100: interrupted; a training run continues with `c100 train --resume RUN`", file=sys.stderr)
