@@ -56,7 +56,8 @@ def _figure(m: dict, title: str):
         right = val_ep[best] >= (ep[0] + ep[-1]) / 2  # keep the label inside the axes, under the curve's peak
         ax_acc.annotate(f"best {val[best]:.2f}% (epoch {val_ep[best]:.0f})", (val_ep[best], val[best]),
                         textcoords="offset points", xytext=(-8 if right else 8, -10), ha="right" if right else "left",
-                        va="top", fontsize=9, color=VAL)
+                        va="top", fontsize=9, color=VAL,  # white backing: legible where the train curve crosses
+                        bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1})
     ax_acc.set(title="Accuracy", xlabel="epoch", ylabel="top-1 accuracy (%)")
     ax_loss.set(title="Loss (cross-entropy)", xlabel="epoch", ylabel="loss")
     ax_lr.plot(ep, m["lr"], color=LR, **dots)
