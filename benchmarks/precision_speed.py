@@ -19,19 +19,10 @@ from pathlib import Path
 
 import torch
 from provenance import provenance  # benchmarks/ is on sys.path when a script there runs
-from throughput import slice_epoch
+from roofline import step_trainer
 
 from c100 import checkpoint
-from c100.config import resolve
 from c100.device import cpu_has_native_bf16
-from c100.train import Trainer
-
-
-def step_trainer(args, res: int, precision: str) -> Trainer:
-    cfg = resolve("cpu-fast", None, {"data_dir": args.data_dir, "resolutions": [res], "res_milestones": [],
-                                     "val_size": 0, "epochs": 1, "time_budget": 0, "freeze_early_at": 0.0,
-                                     "precision": precision})
-    return slice_epoch(Trainer(cfg, Path("/nonexistent-unused"), log=lambda *_: None), args.steps)
 
 
 def main() -> int:
@@ -45,7 +36,7 @@ def main() -> int:
 
     rows = []
     for res in args.res:
-        trainers = {p: step_trainer(args, res, p) for p in ("fp32", "bf16")}
+        trainers = {p: step_trainer(args, res, False, p) for p in ("fp32", "bf16")}
         rounds = {p: [] for p in trainers}
         for r in range(args.rounds + 1):
             for p, t in trainers.items():

@@ -71,10 +71,11 @@ def count_macs(trainer: Trainer) -> dict:
     return {"forward_macs": fwd[0] // steps, "backward_macs": bwd[0] // steps}
 
 
-def step_trainer(args, res: int, freeze_early: bool) -> Trainer:
+def step_trainer(args, res: int, freeze_early: bool, precision: str = "auto") -> Trainer:
     """The cpu-fast preset's Trainer fixed at one resolution, its epoch a slice of args.steps batches."""
     cfg = resolve("cpu-fast", None, {"data_dir": args.data_dir, "resolutions": [res], "res_milestones": [],
-                                     "val_size": 0, "epochs": 1, "time_budget": 0, "freeze_early_at": 0.0})
+                                     "val_size": 0, "epochs": 1, "time_budget": 0, "freeze_early_at": 0.0,
+                                     "precision": precision})
     trainer = Trainer(cfg, Path("/nonexistent-unused"), log=lambda *_: None)
     if freeze_early:  # as cpu-fast runs after freeze_early_at
         for p in early_parameters(trainer.model):
