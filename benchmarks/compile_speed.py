@@ -29,7 +29,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=6, help="optimizer steps per round")
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds of each")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--out", default="benchmarks/results/compile-cpu.json")
+    ap.add_argument("--out", default="benchmarks/results/records/compile-cpu.json")
     args = ap.parse_args()
 
     fixed = {"resolutions": [args.res]}  # one training resolution

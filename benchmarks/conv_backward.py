@@ -122,7 +122,7 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--steps", type=int, default=3, help="profiled training steps per resolution")
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds per convolution")
-    ap.add_argument("--out", default="benchmarks/results/conv-backward-cpu.json")
+    ap.add_argument("--out", default="benchmarks/results/records/conv-backward-cpu.json")
     args = ap.parse_args()
     torch.manual_seed(0)
     steps, convs, speedups = [], [], []

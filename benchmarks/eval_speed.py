@@ -40,7 +40,7 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds of each, after one warm-up round")
-    ap.add_argument("--out", default="benchmarks/results/eval-speed-cpu.json")
+    ap.add_argument("--out", default="benchmarks/results/records/eval-speed-cpu.json")
     args = ap.parse_args()
 
     meta = load_sidecar(WEIGHTS)

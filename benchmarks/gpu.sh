@@ -3,7 +3,7 @@
 # gpu-fast and gpu-best presets for the seeds that fit, each seed trained from scratch and its final
 # model evaluated once on the test set. Results (JSON, logs, per-epoch CSVs) go to $OUT when set
 # (the device machine returns at most 8 files, so the CSVs and per-batch probes travel in one
-# tarball), else to benchmarks/results/gpu-DATE/.
+# tarball), else to benchmarks/results/records/gpu-DATE/ (add them to results/index.yaml).
 #
 #   bash benchmarks/gpu.sh                          # everything, defaults below
 #   PARTS="fast" FAST_SEEDS="0 1 2 3" bash benchmarks/gpu.sh
@@ -27,7 +27,7 @@ BEST_BUDGET=${BEST_BUDGET:-300}
 PROBE_BATCHES=${PROBE_BATCHES:-"256 512 1024"}
 PROBE_STEPS=${PROBE_STEPS:-20}
 EXTRA_SET=${EXTRA_SET:-}  # config overrides for both presets, e.g. for a CPU dry run of this script
-DEST=${OUT:-benchmarks/results/gpu-$(date -u +%Y%m%d-%H%M)}
+DEST=${OUT:-benchmarks/results/records/gpu-$(date -u +%Y%m%d-%H%M)}
 WORK=$(mktemp -d)
 mkdir -p "$DEST"
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}

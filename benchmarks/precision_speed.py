@@ -31,7 +31,7 @@ def main() -> int:
     ap.add_argument("--res", type=int, nargs="+", default=[16, 24, 32])
     ap.add_argument("--steps", type=int, default=6, help="optimizer steps per timed round")
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds of each, after one warm-up round")
-    ap.add_argument("--out", default="benchmarks/results/precision-speed-cpu.json")
+    ap.add_argument("--out", default="benchmarks/results/records/precision-speed-cpu.json")
     args = ap.parse_args()
 
     rows = []

@@ -1,4 +1,5 @@
-"""What every benchmarks/results/*.json records about how it was made: the command, when, on what."""
+"""What every result JSON under benchmarks/results/ records about how it was made: the command, when, on
+what."""
 
 from __future__ import annotations
 

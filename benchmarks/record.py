@@ -1,5 +1,7 @@
 """Record a preset: train it on the real CIFAR-100 for each seed, evaluate the final model once on
-the test set, and write benchmarks/results/NAME.json (+ NAME.log via tee, + per-seed metrics CSV).
+the test set, and write NAME.json and NAME-sSEED-metrics.csv to benchmarks/results/records/ (+ NAME.log
+via tee); a selection round goes to its own folder, --out benchmarks/results/sweeps/NN-topic. Then add
+the JSON to benchmarks/results/index.yaml (benchmarks/table.py checks it).
 
 wall_s counts everything from the start of training to the end of the test evaluation (data
 loading, compilation, per-epoch validation, checkpoints included); its parts are recorded apart:
@@ -7,7 +9,8 @@ train_s (the training clock), compile_s (one-time compilation and warm-up), eval
 --no-test the test set is not read at all (recipe selection on the validation split).
 
     python benchmarks/record.py --preset cpu-fast --seeds 0 1 --target-acc 0.6221 --data-dir data
-    python benchmarks/record.py --preset cpu-fast --name select-32px --set resolutions= --no-test
+    python benchmarks/record.py --preset cpu-fast --name select-32px --set resolutions= --no-test \\
+        --out benchmarks/results/sweeps/13-topic
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from c100.config import resolve
 from c100.evaluate import evaluate_run, format_table
 from c100.train import train
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "records"  # current records; sweeps pass --out
 
 
 def parse_sets(pairs: list[str]) -> dict:

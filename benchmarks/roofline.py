@@ -88,7 +88,7 @@ def main() -> int:
     ap.add_argument("--data-dir", default="data")
     ap.add_argument("--steps", type=int, default=6, help="optimizer steps per timed round")
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds per setting, after one warm-up round")
-    ap.add_argument("--out", default="benchmarks/results/roofline-cpu.json")
+    ap.add_argument("--out", default="benchmarks/results/records/roofline-cpu.json")
     args = ap.parse_args()
 
     # cpu-fast: 16 px first, then 24 px with the early layers frozen; 32 px for the other presets

@@ -17,4 +17,4 @@ for p in $PRESETS; do
 done
 # shellcheck disable=SC2046
 $C100 compare $(for p in $PRESETS; do echo "$RUNS/$p"; done) --out docs/seed-compare.png \
-  --md benchmarks/results/seed-compare.md
+  --md benchmarks/results/sweeps/00-seed-experiments/seed-compare.md

@@ -1,26 +1,101 @@
-"""Build the results tables from benchmarks/results/*.json only: benchmarks/results/README.md (with
-command, machine, versions, date) and the table between the markers in the top-level README.
+"""Build the results tables from benchmarks/results/index.yaml and the files it lists.
 
-    python benchmarks/table.py
+    python benchmarks/table.py           # write benchmarks/README.md and the README's table
+    python benchmarks/table.py --check   # only check the index against the files on disk
+
+Outputs: benchmarks/README.md, every table (current records, the selection sweeps grouped by sweep,
+the archive of superseded records, and each file's date, torch and git), and, between the markers in
+the top-level README.md, one compact table of the current records that name a README row (`row:` in
+the index). Fails with a one-line-per-problem message if a file under results/ is missing from the
+index, or the index names a file that does not exist or sits in the wrong folder for its status.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+INDEX = RESULTS / "index.yaml"
+OUT = ROOT / "benchmarks" / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+FOLDERS = {"record": "records", "sweep": "sweeps", "archive": "archive"}  # status -> its folder
 
 
-def rows() -> list[dict]:
+def natural_key(path: str) -> list:
+    """select2 before select10 (digit runs compare as numbers), select7-base before select7-base-s1."""
+    stem = path.rsplit(".", 1)[0] if "." in Path(path).name else path
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", stem)]
+
+
+def companions(json_path: Path) -> list[Path]:
+    """The files that travel with a result JSON: NAME.log and NAME-sN-metrics.csv beside it."""
+    stem = json_path.stem
+    pattern = re.compile(re.escape(stem) + r"-s\d+-metrics\.csv")
+    return sorted(p for p in json_path.parent.iterdir()
+                  if p.name == f"{stem}.log" or pattern.fullmatch(p.name))
+
+
+def load_index() -> tuple[dict, list[dict]]:
+    """The index's sweeps and entries, checked against the files under results/ (SystemExit if not)."""
+    index = yaml.safe_load(INDEX.read_text())
+    sweeps, entries = index.get("sweeps") or {}, index.get("results") or []
+    errors, named = [], set()
+    for e in entries:
+        file, status = e.get("file"), e.get("status")
+        if not file or not e.get("title") or status not in FOLDERS:
+            errors.append(f"entry {e}: needs file, title and status (one of {', '.join(FOLDERS)})")
+            continue
+        path = RESULTS / file
+        if file in named:
+            errors.append(f"{file}: listed twice")
+        named.add(file)
+        if not path.is_file():
+            errors.append(f"{file}: named in the index but missing on disk")
+        if Path(file).parts[0] != FOLDERS[status]:
+            errors.append(f"{file}: status {status} but not under {FOLDERS[status]}/")
+        if status == "sweep" and (len(Path(file).parts) != 3 or Path(file).parts[1] not in sweeps):
+            errors.append(f"{file}: a sweep's files lie in sweeps/NN-topic/, a folder named under 'sweeps:'")
+        if e.get("row") and status != "record":
+            errors.append(f"{file}: only a record feeds a README row")
+    for name in sweeps:
+        if not (RESULTS / "sweeps" / name / "README.md").is_file():
+            errors.append(f"sweeps/{name}/README.md: missing (what was compared, what was decided)")
+    claimed = set(named) | {"index.yaml"} | {f"sweeps/{name}/README.md" for name in sweeps}
+    for file in named:
+        if file.endswith(".json") and (RESULTS / file).is_file():
+            claimed |= {p.relative_to(RESULTS).as_posix() for p in companions(RESULTS / file)}
+    on_disk = {p.relative_to(RESULTS).as_posix() for p in RESULTS.rglob("*") if p.is_file()}
+    hint = " (add an entry, or name it NAME.log / NAME-sN-metrics.csv beside its JSON)"
+    errors += [f"{f}: not in the index" + (" (add an entry)" if f.endswith(".json") else hint)
+               for f in sorted(on_disk - claimed, key=natural_key)]
+    if errors:
+        raise SystemExit(f"table.py: {INDEX.relative_to(ROOT)} does not match the files under "
+                         f"{RESULTS.relative_to(ROOT)}/:\n  " + "\n  ".join(errors))
+    for pos, e in enumerate(entries):
+        e["_pos"] = pos  # the README's table keeps the index's order; the full tables sort naturally
+    return sweeps, sorted(entries, key=lambda e: natural_key(e["file"]))
+
+
+def rows(entries: list[dict]) -> list[dict]:
+    """The result JSONs of these index entries, each with its path (_file) and index entry (_entry)."""
     out = []
-    for path in sorted(RESULTS.glob("*.json")):
-        r = json.loads(path.read_text())
-        r["_file"] = path.name
-        out.append(r)
+    for e in entries:
+        if e["file"].endswith(".json"):
+            r = json.loads((RESULTS / e["file"]).read_text())
+            r["_file"], r["_entry"] = e["file"], e
+            out.append(r)
     return out
+
+
+def _link(file: str, text: str | None = None) -> str:
+    """A link from benchmarks/README.md to a file under results/."""
+    return f"[{text or Path(file).name}](results/{file})"
 
 
 def _pct(mean, std, n) -> str:
@@ -51,7 +126,8 @@ def accuracy_table(results: list[dict]) -> str:
         wall = r.get("wall_s_max", r["wall_s_mean"])
         compile_s = f"{r['compile_s_mean']:.0f} s" if r.get("compile_s_mean") else "-"
         note = f"; {r['note']}" if r.get("note") else ""
-        lines.append(f"| {r['benchmark']} ({r['preset']}, {_length(r)}{note}) | {r['device']} | {wall / 60:.1f} min | "
+        lines.append(f"| {_link(r['_file'], r['benchmark'])} ({r['preset']}, {_length(r)}{note}) | {r['device']} | "
+                     f"{wall / 60:.1f} min | "
                      f"{compile_s} | {_pct(r['test_top1_mean'], r['test_top1_std'], len(r['seeds']))} | "
                      f"{_target(r)} | `{r['command']}` |")
     return "\n".join(lines)
@@ -67,9 +143,9 @@ def selection_table(results: list[dict]) -> str:
         if r.get("note"):  # e.g. a run measured under load, kept for the record but not comparable
             changes += f" ({r['note']})"
         steps = ", ".join(str(p["steps"]) for p in r["per_seed"])
-        lines.append(f"| {r['benchmark']} ({r['preset']}, {_length(r)}) | {changes} | {r['device']} | "
-                     f"{_pct(r['final_val_acc_mean'], r['final_val_acc_std'], len(r['seeds']))} | {steps} | "
-                     f"{r['images_per_s']:.0f} | `{r['command']}` |")
+        lines.append(f"| {_link(r['_file'], r['benchmark'])} ({r['preset']}, {_length(r)}) | {changes} | "
+                     f"{r['device']} | {_pct(r['final_val_acc_mean'], r['final_val_acc_std'], len(r['seeds']))} | "
+                     f"{steps} | {r['images_per_s']:.0f} | `{r['command']}` |")
     return "\n".join(lines)
 
 
@@ -152,25 +228,107 @@ def precision_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    results = rows()
-    body = ("**Accuracy** (final model, test set read once per seed)\n\n" + accuracy_table(results) +
-            "\n\n**Recipe selection** (validation split only; the test set is not read)\n\n" +
-            selection_table(results) + "\n\n**Training throughput, trainer vs bare loop**\n\n" +
-            throughput_table(results) + "\n\n**torch.compile for training, eager vs compiled**\n\n" +
-            compile_table(results) + "\n\n**CPU convolution backward: oneDNN vs GEMM weight gradients on small maps**"
-            "\n\n" + conv_backward_table(results) +
+def readme_table(records: list[dict]) -> str:
+    """The top-level README's one table: the current records that name a row in the index."""
+    lines = ["| record | hardware | precision | training clock / in all, with the test pass (worst seed) | "
+             "test top-1 (mean +- std) | result |", "|---|---|---|---|---|---|"]
+    for r in sorted(records, key=lambda r: r["_entry"]["_pos"]):
+        if not r["_entry"].get("row") or r.get("test_top1_mean") is None:
+            continue
+        clock = f"{r['time_budget']:g} s / " if r.get("time_budget") else ""
+        wall = r.get("wall_s_max", r["wall_s_mean"])
+        lines.append(f"| {r['_entry']['row']} | {r['device']} | {r['precision']} | {clock}{wall / 60:.1f} min | "
+                     f"{_pct(r['test_top1_mean'], r['test_top1_std'], len(r['seeds']))} | "
+                     f"[{Path(r['_file']).name}](benchmarks/results/{r['_file']}) |")
+    return "\n".join(lines)
+
+
+def _others(entries: list[dict]) -> str:
+    """The entries without a JSON (logs, tables), one line each."""
+    return "".join(f"- {_link(e['file'])}: {e['title']}\n" for e in entries if not e["file"].endswith(".json"))
+
+
+def records_section(entries: list[dict]) -> str:
+    results = rows(entries)
+    return ("## Current records\n\n**Accuracy** (final model, test set read once per seed)\n\n" +
+            accuracy_table(results) + "\n\n" + _others(entries) +
+            "\n**Training throughput, trainer vs bare loop**\n\n" + throughput_table(results) +
+            "\n\n**torch.compile for training, eager vs compiled**\n\n" + compile_table(results) +
+            "\n\n**CPU convolution backward: oneDNN vs GEMM weight gradients on small maps**\n\n" +
+            conv_backward_table(results) +
             "\n\n**Evaluation: BatchNorm folded into the convolutions (models/fold.py)**\n\n" +
             eval_speed_table(results) +
-            "\n\n**Evaluation resolution: final models on the validation split at several input sizes**\n\n" +
-            eval_resolution_table(results) +
             "\n\n**How close the CPU training step runs to the machine's fp32 matmul rate**\n\n" +
             roofline_table(results) +
             "\n\n**CPU training precision: fp32 vs bf16 autocast, side by side**\n\n" + precision_table(results))
-    details = ["| file | date | torch | git |", "|---|---|---|---|"]
-    details += [f"| {r['_file']} | {r['date']} | {r['torch']} | {r.get('git', '')} |" for r in results]
-    (RESULTS / "README.md").write_text("# Benchmark results\n\nGenerated by `python benchmarks/table.py` from the "
-                                       "JSON files in this folder.\n\n" + body + "\n\n" + "\n".join(details) + "\n")
+
+
+def sweeps_section(sweeps: dict, entries: list[dict]) -> str:
+    out = ["## Selection sweeps\n\nValidation split only; the test set is not read. Each folder's README.md says "
+           "what was compared and what was decided."]
+    for name in sorted(sweeps, key=natural_key):
+        mine = [e for e in entries if Path(e["file"]).parts[1] == name]
+        results = rows(mine)
+        part = f"### {_link(f'sweeps/{name}/README.md', name)}: {sweeps[name]}\n\n"
+        if any(r.get("final_val_acc_mean") is not None for r in results):
+            part += selection_table(results) + "\n\n"
+        if any(r.get("benchmark") == "eval-resolution" for r in results):
+            part += ("Final models on the validation split at several input sizes:\n\n" +
+                     eval_resolution_table(results) + "\n\n")
+        out.append(part + _others(mine))
+    return "\n\n".join(p.rstrip("\n") for p in out)
+
+
+def archive_section(entries: list[dict]) -> str:
+    return ("## Archive: superseded records\n\nEach was the record of its day; its JSON's note says what "
+            "changed after it. Test set read once per seed.\n\n" + accuracy_table(rows(entries)))
+
+
+def files_section(entries: list[dict]) -> str:
+    lines = ["## Files\n", "| file | status | what | date | torch | git |", "|---|---|---|---|---|---|"]
+    for e in entries:
+        r = json.loads((RESULTS / e["file"]).read_text()) if e["file"].endswith(".json") else {}
+        lines.append(f"| {_link(e['file'], e['file'])} | {e['status']} | {e['title']} | {r.get('date', '-')} | "
+                     f"{r.get('torch', '-')} | {r.get('git', '-')} |")
+    return "\n".join(lines)
+
+
+INTRO = """# Benchmarks
+
+Scripts that measure on the real CIFAR-100 (this folder) and their committed results (`results/`).
+This page is generated by `python benchmarks/table.py` from `results/index.yaml` and the files it
+lists; edit those, not this page. How the CPU recipe was found, as one ablation table:
+[docs/cpu-record.md](../docs/cpu-record.md).
+
+- `results/records/`: the current records, one per recipe and machine, and the speed measurements
+  nothing has replaced (`record.py` and the speed scripts write here by default).
+- `results/sweeps/NN-topic/`: selection rounds on the validation split, in the order they ran,
+  each with a README.md (what was compared, what was decided).
+- `results/archive/`: superseded records, kept with their logs.
+- `results/index.yaml`: every result with its status and a one-line title; `table.py` fails if a
+  file is missing from it.
+
+A result JSON holds its command, date, machine, torch version and git revision; its `NAME.log` and
+`NAME-sN-metrics.csv` (per epoch, per seed) lie beside it. Each row names its hardware and
+precision: figures from different machines are not side by side.
+"""
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--check", action="store_true", help="only check the index against the files; write nothing")
+    args = ap.parse_args()
+    sweeps, entries = load_index()
+    if args.check:
+        return 0
+    by_status = {s: [e for e in entries if e["status"] == s] for s in FOLDERS}
+    page = "\n\n".join([INTRO.rstrip("\n"), records_section(by_status["record"]),
+                         sweeps_section(sweeps, by_status["sweep"]), archive_section(by_status["archive"]),
+                         files_section(entries)])
+    OUT.write_text(page + "\n")
+    body = (readme_table(rows(by_status["record"])) + "\n\nSpeed measurements, the selection sweeps behind each "
+            "choice and the superseded records:\n[benchmarks/README.md](benchmarks/README.md); how the recipe was "
+            "found: [docs/cpu-record.md](docs/cpu-record.md).")
     readme = ROOT / "README.md"
     text = readme.read_text()
     head, rest = text.split(START, 1)

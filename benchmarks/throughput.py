@@ -71,7 +71,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=8, help="optimizer steps per round")
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds of each, after one warm-up round")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--out", default="benchmarks/results/throughput-cpu.json")
+    ap.add_argument("--out", default="benchmarks/results/records/throughput-cpu.json")
     args = ap.parse_args()
 
     trainer = sliced_trainer(args)
