@@ -1,7 +1,13 @@
 import io
 import json
 import os
+import re
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -10,8 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from c100 import UserError
 from c100.predict import Predictor
-from c100.serve import App, gallery, serve_in_thread
+from c100.serve import create_app, gallery, is_loopback, serve, serve_in_thread, warn_if_exposed
 
 
 def _png(seed: int, size: int = 40) -> bytes:
@@ -30,20 +37,26 @@ def _post(url: str, body: bytes) -> tuple[int, dict]:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_run, cifar_dir):
+def predictor(tiny_run):
     os.environ["C100_ANY_SIZE"] = "1"
-    predictor = Predictor.from_checkpoint(tiny_run)
-    srv, url = serve_in_thread(App(predictor, max_bytes=200_000, gallery_items=gallery(str(cifar_dir), n=6)))
+    return Predictor.from_checkpoint(tiny_run)
+
+
+@pytest.fixture(scope="module")
+def server(predictor, cifar_dir):
+    srv, url = serve_in_thread(create_app(predictor, max_bytes=200_000, gallery_items=gallery(str(cifar_dir), n=6)))
     yield predictor, url
     srv.shutdown()
 
 
 def test_page_and_prediction(server):
     predictor, url = server
-    assert url.startswith("http://127.0.0.1:")  # loopback by default
+    assert url.startswith("http://127.0.0.1:") and not url.endswith(":0")  # loopback, the real port
     with urllib.request.urlopen(url + "/", timeout=10) as r:
         page = r.read().decode()
     assert "Drop an image here" in page and page.count("data:image/png;base64,") == 6
+    with urllib.request.urlopen(url + "/health", timeout=10) as r:
+        assert json.loads(r.read()) == {"ok": True}
     status, out = _post(url, _png(1))
     assert status == 200 and len(out["top"]) == 5
     direct = predictor.top(np.asarray(Image.open(io.BytesIO(_png(1))).resize((32, 32), Image.Resampling.LANCZOS))
@@ -58,7 +71,14 @@ def test_page_and_prediction(server):
 ])
 def test_bad_uploads(server, body, status, message):
     got, out = _post(server[1], body)
-    assert got == status and message in out["error"]
+    assert got == status and message in out["error"] and "\n" not in out["error"]
+
+
+def test_unknown_paths_and_methods_answer_json(server):
+    for path, method, status in (("/nope", "GET", 404), ("/api/predict", "GET", 405)):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(urllib.request.Request(server[1] + path, method=method), timeout=10)
+        assert e.value.code == status and json.loads(e.value.read())["error"]
 
 
 def test_concurrent_requests_get_their_own_answers(server):
@@ -69,6 +89,212 @@ def test_concurrent_requests_get_their_own_answers(server):
     sequential = [_post(url, b) for b in bodies]
     assert all(s == 200 for s, _ in answers)
     assert [a["top"] for _, a in answers] == [a["top"] for _, a in sequential]
+
+
+# --- malformed and slow requests, over raw sockets on loopback -------------------------------------
+# A server with short timeouts and a 1,000-byte limit; every read below is bounded, so a hang fails
+# the test instead of stalling the suite.
+
+LIMIT, TIMEOUT = 1000, 1.5
+
+
+class BodyCounter:
+    """ASGI wrapper that counts the request-body bytes the app pulled from the server."""
+
+    def __init__(self, app):
+        self.app, self.seen = app, 0
+
+    async def __call__(self, scope, receive, send):
+        async def counted():
+            message = await receive()
+            self.seen += len(message.get("body", b""))
+            return message
+
+        await self.app(scope, counted, send)
+
+
+@pytest.fixture(scope="module")
+def strict(predictor):
+    app = BodyCounter(create_app(predictor, max_bytes=LIMIT, body_timeout=TIMEOUT))
+    srv, url = serve_in_thread(app, head_timeout=TIMEOUT, keep_alive=TIMEOUT)
+    yield app, ("127.0.0.1", int(url.rsplit(":", 1)[1]))
+    srv.shutdown()
+
+
+def _exchange(address, chunks, pause: float = 0.0, wait: float = 5.0) -> tuple[bytes, bool, float]:
+    """Send chunks (pausing between them), then read until the server closes. Returns what came back,
+    whether the server closed the connection within `wait` seconds, and how long that took."""
+    start = time.monotonic()
+    with socket.create_connection(address, timeout=wait) as s:
+        try:
+            for c in chunks:
+                s.sendall(c)
+                time.sleep(pause)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server hung up on us mid-request: what it sent first is still read below
+        got, closed = b"", False
+        s.settimeout(max(0.1, wait - (time.monotonic() - start)))
+        try:
+            while chunk := s.recv(65536):
+                got += chunk
+            closed = True
+        except ConnectionResetError:
+            closed = True
+        except TimeoutError:
+            pass
+    return got, closed, time.monotonic() - start
+
+
+def _answers(raw: bytes) -> list[tuple[int, dict]]:
+    """(status, JSON body) of each HTTP response in a byte stream."""
+    out = []
+    while raw:
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        status = int(head.split()[1])
+        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+        assert re.search(rb"(?i)content-type: *application/json", head), head
+        out.append((status, json.loads(rest[:length])))
+        raw = rest[length:]
+    return out
+
+
+def _request(headers: bytes, body: bytes = b"") -> bytes:
+    return b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n" + headers + b"\r\n" + body
+
+
+@pytest.mark.parametrize("headers, status, message", [
+    (b"Content-Length: -1\r\n", 400, "malformed HTTP request"),
+    (b"Content-Length: -5\r\n", 400, "malformed HTTP request"),
+    (b"Content-Length: twelve\r\n", 400, "malformed HTTP request"),
+    (b"Content-Length: 1e3\r\n", 400, "malformed HTTP request"),
+    (b"Content-Length: \r\n", 400, "malformed HTTP request"),
+    (b"Content-Length: 5\r\nContent-Length: 6\r\n", 400, "malformed HTTP request"),
+    (b"", 411, "Content-Length missing"),
+    (b"Content-Length: 99999999999999999999\r\n", 413, "file too large"),
+    (b"Content-Length: 1" + b"0" * 4000 + b"\r\n", 400, "malformed HTTP request"),  # h11 allows 20 digits
+    (b"Content-Length: 1001\r\n", 413, "file too large: 0.0 MB, the limit is 0.000953674 MB"),
+], ids=["minus-1", "minus-5", "word", "float", "empty", "two-values", "missing", "huge", "4001-digits", "one-over"])
+def test_bad_content_length_gets_a_json_4xx_and_a_close(strict, headers, status, message):
+    app, address = strict
+    before = app.seen
+    got, closed, took = _exchange(address, [_request(headers, b"x" * 2000)])
+    [(code, out)] = _answers(got)
+    assert code == status and message in out["error"] and "\n" not in out["error"]
+    assert closed and took < 1.0  # answered and hung up at once, not at a timeout
+    assert app.seen == before  # not one byte of the body was read
+
+
+def test_declared_less_than_sent(strict):
+    """Content-Length 20, then 2000 bytes: the first 20 are the (bad) image; the rest is not a request."""
+    got, closed, took = _exchange(strict[1], [_request(b"Content-Length: 20\r\n", b"\x89PNG" * 500)])
+    answers = _answers(got)
+    assert answers[0][0] == 400 and "not an image" in answers[0][1]["error"]
+    assert all(400 <= code < 500 for code, _ in answers) and closed and took < TIMEOUT + 2
+
+
+def test_declared_more_than_sent_times_out(strict):
+    got, closed, took = _exchange(strict[1], [_request(b"Content-Length: 900\r\n", b"x" * 10)])
+    [(code, out)] = _answers(got)
+    assert code == 408 and "upload too slow" in out["error"] and closed and TIMEOUT <= took < TIMEOUT + 2
+
+
+def test_chunked_body_over_the_limit_stops_reading(strict):
+    app, address = strict
+    chunk = b"%x\r\n%s\r\n" % (4096, b"y" * 4096)
+    before = app.seen
+    got, closed, _ = _exchange(address, [_request(b"Transfer-Encoding: chunked\r\n")] + [chunk] * 500)
+    [(code, out)] = _answers(got)
+    assert code == 413 and "file too large" in out["error"] and closed
+    assert app.seen - before <= 256 << 10  # of the 2 MB sent: stopped past LIMIT, at one buffer at most
+
+
+@pytest.mark.parametrize("chunks", [
+    [],  # connects and says nothing
+    [b"POST /api/predict HTTP/1.1\r\n"] + [b"X-Slow: a\r\n"] * 40,  # headers a line at a time, never ending
+], ids=["idle", "slow-headers"])
+def test_slow_or_idle_clients_are_cut(strict, chunks):
+    got, closed, took = _exchange(strict[1], chunks, pause=0.1, wait=TIMEOUT + 4)
+    assert got == b"" and closed and took < TIMEOUT + 2
+
+
+def test_slow_body_is_cut(strict):
+    got, closed, took = _exchange(strict[1], [_request(b"Content-Length: 500\r\n")] + [b"z"] * 40, pause=0.1)
+    [(code, out)] = _answers(got)
+    assert code == 408 and closed and took < TIMEOUT + 2
+
+
+def test_idle_keep_alive_connection_is_closed(strict):
+    got, closed, took = _exchange(strict[1], [b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"])
+    assert _answers(got) == [(200, {"ok": True})] and closed and took < TIMEOUT + 2
+
+
+def test_client_vanishing_mid_upload_leaves_the_server_well(strict):
+    for _ in range(3):
+        with socket.create_connection(strict[1], timeout=5) as s:
+            s.sendall(_request(b"Content-Length: 900\r\n", b"x" * 100))
+    got, _, _ = _exchange(strict[1], [b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"])
+    assert _answers(got) == [(200, {"ok": True})]
+
+
+# --- the page, the warning, the port ---------------------------------------------------------------
+
+class _Stub:
+    def top(self, images, k=5):
+        return [[{"label": "apple", "superclass": "fruit and vegetables", "prob": 1.0}] for _ in images]
+
+
+def test_gallery_data_is_escaped_in_the_page():
+    from starlette.testclient import TestClient
+
+    evil = "</script><script>alert(1)</script> & <!-- x"
+    page = TestClient(create_app(_Stub(), gallery_items=[{"src": "data:image/png;base64,AA==", "label": evil}])) \
+        .get("/").text
+    assert "alert(1)</script>" not in page and "<!-- x" not in page
+    assert page.count("</script>") == 2  # the JSON element's and the code's own
+    data = re.search(r'<script type="application/json" id="config">(.*?)</script>', page, re.S).group(1)
+    assert json.loads(data)["gallery"][0]["label"] == evil  # JSON.parse reads it back unchanged
+
+
+@pytest.mark.parametrize("host, exposed", [
+    ("127.0.0.1", False), ("127.0.1.1", False), ("::1", False), ("[::1]", False), ("localhost", False),
+    ("0.0.0.0", True), ("::", True), ("192.168.1.20", True), ("example.org", True),
+])
+def test_warning_when_bound_beyond_loopback(host, exposed):
+    out = io.StringIO()
+    assert is_loopback(host) is not exposed
+    assert warn_if_exposed(host, file=out) is exposed
+    text = out.getvalue()
+    assert ("no authentication" in text and text.count("\n") == 1) if exposed else text == ""
+
+
+def test_port_taken_is_a_one_line_user_error():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(UserError, match=rf"^cannot listen on 127\.0\.0\.1:{port} \(.+\); pick another --port$"):
+            serve(_Stub(), "127.0.0.1", port)
+        with pytest.raises(UserError, match="pick another --port"):
+            serve_in_thread(_Stub(), "127.0.0.1", port)
+
+
+def test_serve_prints_its_address_and_stops_on_ctrl_c():
+    code = ("from c100.serve import serve\n"
+            "class P:\n    def top(self, images, k=5): return []\n"
+            "serve(P(), '127.0.0.1', 0)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        m = re.fullmatch(r"serving on (http://127\.0\.0\.1:(\d+))  \(Ctrl-C stops\)\n", line)
+        assert m and m.group(2) != "0", line
+        with urllib.request.urlopen(m.group(1) + "/health", timeout=10) as r:
+            assert r.status == 200
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+        assert proc.stderr.read() == ""  # no traceback, and no exposure warning on loopback
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_in_a_real_browser(server, tmp_path):

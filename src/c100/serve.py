@@ -1,24 +1,47 @@
 """A small web demo: drop or upload an image (or click one from a gallery of test images) and see
 the top-5 labels with probability bars and the superclass.
 
-The standard library's threading HTTP server is enough here: one page, one JSON endpoint, no
-framework to install, start-up in well under a second. Inference is read-only (eval mode, no_grad),
-so concurrent requests share one model safely.
+Starlette for the routes, served by uvicorn's h11 protocol: a real HTTP parser refuses malformed
+requests (negative or non-numeric Content-Length, oversized headers) before they reach the app.
+What the parser leaves to us, and why each limit exists:
+- the body is read as a stream and we stop at max_bytes + 1, so a large or lying upload never fills
+  memory; a declared size over the limit is refused before a byte of the body is read;
+- the body must arrive within `body_timeout` seconds (a client that sends it a byte at a time
+  would otherwise hold a connection and its buffer forever);
+- the request head must arrive within `head_timeout` seconds of the connection opening or of the
+  previous response: uvicorn's keep-alive timer is only armed after a response, so without it a
+  client that connects and sends nothing (or headers a byte at a time) is never cut;
+- decoding and the model call run in worker threads, so a slow image never stalls the event loop.
+Inference is read-only (eval mode, no_grad), so concurrent requests share one model safely.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import ipaddress
 import json
+import socket
+import sys
 import threading
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
 from importlib import resources
 
+import anyio
 import numpy as np
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
 
-from c100.predict import Predictor, decode_image
+from c100.predict import decode_image
+
+HEAD_TIMEOUT = 10.0  # s for the request line and headers: browsers send them in one packet
+BODY_TIMEOUT = 30.0  # s for the whole upload: 10 MB in 30 s needs ~2.7 Mbit/s
+KEEP_ALIVE = 5.0  # s an idle keep-alive connection is kept (uvicorn's default)
+MAX_CONNECTIONS = 64  # past this uvicorn answers 503: bounds memory at ~64 bodies in flight
 
 
 def gallery(data_dir: str | None, n: int = 24, seed: int = 0) -> list[dict]:
@@ -44,73 +67,216 @@ def gallery(data_dir: str | None, n: int = 24, seed: int = 0) -> list[dict]:
     return out
 
 
-class App:
-    def __init__(self, predictor: Predictor, max_bytes: int = 10 << 20, gallery_items: list[dict] | None = None):
-        self.predictor, self.max_bytes = predictor, max_bytes
-        page = resources.files("c100").joinpath("static/index.html").read_text()
-        self.page = page.replace("__GALLERY__", json.dumps(gallery_items or [])).replace(
-            "__MAX_MB__", f"{max_bytes / (1 << 20):g}").encode()
+def script_json(obj) -> str:
+    """JSON safe inside a <script type="application/json"> element: no `</script>`, `<!--` or entity
+    can form, because <, > and & are written as JSON escapes (which JSON.parse reads back unchanged)."""
+    return json.dumps(obj).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
-    def predict_bytes(self, raw: bytes) -> dict:
+
+def render_page(max_bytes: int, gallery_items: list[dict] | None) -> str:
+    page = resources.files("c100").joinpath("static/index.html").read_text()
+    config = script_json({"maxBytes": max_bytes, "gallery": gallery_items or []})
+    return page.replace("__CONFIG__", config).replace("__MAX_MB__", f"{max_bytes / (1 << 20):g}")
+
+
+def _error(status: int, message: str, close: bool = False) -> JSONResponse:
+    """{"error": one line}; close=True when the request body was not read to its end, so the rest of
+    it is never taken for the next request on the connection."""
+    line = (str(message).strip().splitlines() or ["error"])[0]
+    return JSONResponse({"error": line}, status, headers={"connection": "close"} if close else None)
+
+
+def create_app(predictor, max_bytes: int = 10 << 20, gallery_items: list[dict] | None = None, *,
+               body_timeout: float = BODY_TIMEOUT) -> Starlette:
+    """The ASGI app: GET / (the page), GET /health, POST /api/predict (raw image bytes as the body)."""
+    page = render_page(max_bytes, gallery_items)
+    limit_mb = f"{max_bytes / (1 << 20):g}"
+
+    def too_large(size: int) -> JSONResponse:
+        return _error(413, f"file too large: {size / (1 << 20):.1f} MB, the limit is {limit_mb} MB", close=True)
+
+    def predict_bytes(raw: bytes) -> dict:
         array = decode_image(io.BytesIO(raw))  # ValueError with a one-line reason on bad input
-        return {"top": self.predictor.top(array[None], 5)[0]}
+        return {"top": predictor.top(array[None], 5)[0]}
 
-    def handler(self) -> type[BaseHTTPRequestHandler]:
-        app = self
+    async def index(request: Request) -> Response:
+        return HTMLResponse(page)
 
-        class Handler(BaseHTTPRequestHandler):
-            def _send(self, status: int, body: bytes, kind: str = "application/json") -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+    async def health(request: Request) -> Response:
+        return JSONResponse({"ok": True})
 
-            def _json(self, status: int, obj: dict) -> None:
-                self._send(status, json.dumps(obj).encode())
+    async def predict(request: Request) -> Response:
+        declared = request.headers.get("content-length")
+        chunked = "chunked" in request.headers.get("transfer-encoding", "").lower()
+        if declared is None and not chunked:
+            return _error(411, "send the image as the request body (Content-Length missing)", close=True)
+        if declared is not None:
+            # uvicorn's parser already refuses these; checked again for any other ASGI server
+            if not declared.strip().isdigit():
+                return _error(400, f"bad Content-Length {declared[:20]!r}: not a byte count", close=True)
+            if int(declared) > max_bytes:
+                return too_large(int(declared))  # refused before a byte of the body is read
+            if int(declared) == 0:
+                return _error(400, "empty file")
+        body = bytearray()
+        try:
+            with anyio.fail_after(body_timeout):
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > max_bytes:  # chunked, or more than declared: stop at max_bytes + 1
+                        return too_large(len(body))
+        except TimeoutError:
+            return _error(408, f"upload too slow: the body did not arrive within {body_timeout:g} s", close=True)
+        except ClientDisconnect:
+            return Response(status_code=400)  # nobody is left to read an answer
+        if not body:
+            return _error(400, "empty file")
+        try:
+            return JSONResponse(await run_in_threadpool(predict_bytes, bytes(body)))
+        except ValueError as e:
+            return _error(400, str(e))
 
-            def do_GET(self):  # noqa: N802
-                if self.path in ("/", "/index.html"):
-                    self._send(HTTPStatus.OK, app.page, "text/html; charset=utf-8")
-                elif self.path == "/health":
-                    self._json(HTTPStatus.OK, {"ok": True})
-                else:
-                    self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        return _error(exc.status_code, exc.detail)  # 404, 405 as JSON like every other answer
 
-            def do_POST(self):  # noqa: N802
-                if self.path != "/api/predict":
-                    return self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
-                try:
-                    size = int(self.headers.get("Content-Length", ""))
-                except ValueError:
-                    return self._json(HTTPStatus.LENGTH_REQUIRED, {"error": "send the image as the request body"})
-                if size > app.max_bytes:
-                    self.close_connection = True  # do not read a body we refuse
-                    return self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {
-                        "error": f"file too large: {size / (1 << 20):.1f} MB, the limit is "
-                                 f"{app.max_bytes / (1 << 20):g} MB"})
-                if size == 0:
-                    return self._json(HTTPStatus.BAD_REQUEST, {"error": "empty file"})
-                raw = self.rfile.read(size)
-                try:
-                    self._json(HTTPStatus.OK, app.predict_bytes(raw))
-                except ValueError as e:
-                    self._json(HTTPStatus.BAD_REQUEST, {"error": str(e)})
+    async def server_error(request: Request, exc: Exception) -> Response:
+        return _error(500, "internal error: the server's console has the traceback")
 
-            def log_message(self, fmt, *args):  # quiet: one line per request would drown the console
-                pass
-
-        return Handler
-
-
-def make_server(app: App, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer((host, port), app.handler())
-    server.daemon_threads = True
-    return server
+    routes = [Route("/", index), Route("/index.html", index), Route("/health", health),
+              Route("/api/predict", predict, methods=["POST"])]
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error})
 
 
-def serve_in_thread(app: App, host: str = "127.0.0.1", port: int = 0) -> tuple[ThreadingHTTPServer, str]:
-    """Start in a background thread (tests, notebooks); returns the server and its base URL."""
-    server = make_server(app, host, port)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://{host}:{server.server_address[1]}"
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach: 127.x, ::1, localhost."""
+    host = host.strip("[]")
+    if host.lower() in ("localhost", "localhost.", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name (or 0.0.0.0 / ::, handled above as addresses): assume reachable
+
+
+def warn_if_exposed(host: str, file=None) -> bool:
+    """Say once, on stderr, that the demo has no authentication when bound beyond loopback."""
+    if is_loopback(host):
+        return False
+    print(f"warning: listening on {host}, which other machines may reach; this demo has no authentication "
+          f"and runs the model for anyone who can connect (use --host 127.0.0.1 to keep it local)",
+          file=file or sys.stderr, flush=True)
+    return True
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host.strip('[]')}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket, or c100.UserError with a one-line reason (port taken, unknown host...)."""
+    from c100 import UserError
+
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except (OSError, UnicodeError) as e:
+        raise UserError(f"cannot listen on {host}:{port} ({getattr(e, 'strerror', None) or e}); "
+                        f"pick another --host") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart at once after Ctrl-C
+        sock.bind(addr)
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port") from None
+    return sock
+
+
+def _server(app, head_timeout: float = HEAD_TIMEOUT, keep_alive: float = KEEP_ALIVE):
+    import h11
+    import uvicorn
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class Protocol(H11Protocol):
+        """uvicorn's h11 protocol plus a deadline for each request head (see the module docstring)."""
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm_head_deadline()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm_head_deadline()
+
+        def _arm_head_deadline(self) -> None:
+            waiting_for = self.cycle  # a new request head replaces self.cycle
+            self.loop.call_later(head_timeout, self._head_deadline, waiting_for)
+
+        def _head_deadline(self, waiting_for) -> None:
+            if self.cycle is waiting_for and not self.transport.is_closing():
+                self.transport.close()
+
+        def send_400_response(self, msg: str) -> None:
+            """The parser refused the request: answer in JSON like the app does, then close."""
+            body = json.dumps({"error": "malformed HTTP request (bad Content-Length, headers or framing)"}).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+                       (b"connection", b"close")]
+            for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+                          h11.Data(data=body), h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+            self.transport.close()
+
+    # h11, not httptools: the malformed-request behaviour tested in tests/test_serve.py is h11's
+    config = uvicorn.Config(app, http=Protocol, ws="none", lifespan="off", log_config=None, log_level="warning",
+                            access_log=False, timeout_keep_alive=keep_alive, timeout_graceful_shutdown=3,
+                            limit_concurrency=MAX_CONNECTIONS)
+    return uvicorn.Server(config)
+
+
+def serve(predictor, host: str = "127.0.0.1", port: int = 8000, max_bytes: int = 10 << 20,
+          gallery_items: list[dict] | None = None) -> None:
+    """Serve until Ctrl-C. Raises c100.UserError when the address cannot be bound."""
+    sock = _listen(host, port)
+    server = _server(create_app(predictor, max_bytes, gallery_items))
+    warn_if_exposed(host)
+    print(f"serving on {_url(host, sock.getsockname()[1])}  (Ctrl-C stops)", flush=True)
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shuts down gracefully, then re-raises the signal
+        pass
+    finally:
+        sock.close()
+
+
+class ServerThread:
+    """A server running in a background thread; shutdown() stops it and waits."""
+
+    def __init__(self, server, sock: socket.socket, url: str):
+        self.server, self.sock, self.url = server, sock, url
+        self.thread = threading.Thread(target=self._run, daemon=True, name="c100-serve")
+
+    def _run(self) -> None:
+        self.server.run(sockets=[self.sock])  # its own event loop; signals stay with the main thread
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+        self.sock.close()
+
+
+def serve_in_thread(app_or_predictor, host: str = "127.0.0.1", port: int = 0, *, head_timeout: float = HEAD_TIMEOUT,
+                    keep_alive: float = KEEP_ALIVE, **app_kw) -> tuple[ServerThread, str]:
+    """Start in a background thread (tests, notebooks); returns a handle with .shutdown() and the
+    base URL with the real port (port=0 picks a free one). Given a predictor, builds the app with
+    create_app(predictor, **app_kw)."""
+    app = create_app(app_or_predictor, **app_kw) if hasattr(app_or_predictor, "top") else app_or_predictor
+    sock = _listen(host, port)
+    handle = ServerThread(_server(app, head_timeout, keep_alive), sock, _url(host, sock.getsockname()[1]))
+    handle.thread.start()
+    deadline = time.monotonic() + 10
+    while not handle.server.started:
+        if not handle.thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the server thread did not start")
+        time.sleep(0.01)
+    return handle, handle.url
