@@ -242,6 +242,8 @@ class _Stub:
     def top(self, images, k=5):
         return [[{"label": "apple", "superclass": "fruit and vegetables", "prob": 1.0}] for _ in images]
 
+    predict = top  # the name the coming c100.inference model object gives it
+
 
 def test_gallery_data_is_escaped_in_the_page():
     from starlette.testclient import TestClient
@@ -280,7 +282,7 @@ def test_port_taken_is_a_one_line_user_error():
 
 def test_serve_prints_its_address_and_stops_on_ctrl_c():
     code = ("from c100.serve import serve\n"
-            "class P:\n    def top(self, images, k=5): return []\n"
+            "class P:\n    def top(self, images, k=5): return []\n    predict = top\n"
             "serve(P(), '127.0.0.1', 0)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -329,5 +331,11 @@ def test_in_a_real_browser(server, tmp_path):
         assert want["top"][0]["superclass"] in browser.find_element(By.ID, "super").text
         browser.find_element(By.CSS_SELECTOR, "#gallery img").click()  # a gallery image classifies too
         WebDriverWait(browser, 30).until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#bars .bar")) == 5)
+        big = tmp_path / "big.png"
+        big.write_bytes(_png(8, size=300))  # ~270 KB, over the 200 KB limit: refused before the upload
+        browser.find_element(By.ID, "file").send_keys(str(big))
+        WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, "error").text)
+        assert browser.find_element(By.ID, "error").text.startswith("file too large")
+        assert not browser.find_elements(By.CSS_SELECTOR, "#bars .bar")
     finally:
         browser.quit()
