@@ -21,9 +21,8 @@ import torch
 from provenance import provenance  # benchmarks/ is on sys.path when a script there runs
 
 from c100 import checkpoint
-from c100.augment import Normalize, at_size
-from c100.config import from_dict
-from c100.evaluate import load_eval_split, load_model, metrics, predict_logits
+from c100.evaluate import load_eval_split, metrics
+from c100.inference import load
 
 
 def main() -> int:
@@ -36,18 +35,19 @@ def main() -> int:
     torch.manual_seed(0)
     rows = []
     for run in args.runs:
-        state = checkpoint.load(Path(run) / "last.pt")
-        cfg = from_dict(state["config"])
+        model = load(run, device="cpu")
+        steps = checkpoint.load(Path(run) / "last.pt")["scheduler"]["step"]
+        cfg = model.config
         cfg.data_dir = args.data_dir
-        model = load_model(state, run, torch.device("cpu"), channels_last=True, fold=True)
         split, meta = load_eval_split(cfg, "val")
-        images, norm = torch.from_numpy(split.images), Normalize(cfg.normalize, torch.device("cpu"))
+        images = torch.from_numpy(split.images)
         for size in args.sizes:
             t0 = time.perf_counter()
-            logits = predict_logits(at_size(model, size), images, norm, channels_last=True)
+            model.input_size = size  # the images resized to `size` whatever the run's last resolution was
+            logits = model.logits(images, batch_size=100)
             m = metrics(logits, split.fine, meta.fine_to_coarse)
             seconds = time.perf_counter() - t0
-            rows.append({"run": run, "resolutions": cfg.resolutions, "steps": state["scheduler"]["step"],
+            rows.append({"run": run, "resolutions": cfg.resolutions, "steps": steps,
                          "eval_size": size, "val_top1": round(m["top1"], 4), "val_loss": round(m["loss"], 4),
                          "eval_s": round(seconds, 1)})
             print(json.dumps(rows[-1]), flush=True)

@@ -1,7 +1,7 @@
 """Evaluation speed with and without BatchNorm folded into the convolutions, side by side.
 
 The shipped ResNet18 weights (src/c100/weights) classify the first --images training images through
-`predict_logits` (the path of `c100 evaluate` and `c100 predict`) at batch 100, channels_last and
+`Model.logits` (the path of `c100 evaluate` and `c100 predict`) at batch 100, channels_last and
 fp32, once as the model is and once after `fold_batchnorm`. Rounds alternate (plain, folded, plain, ...)
 so drift of the machine hits both alike; one warm-up round of each is discarded; medians are
 reported, with how often the two agree on the top-1 class and their largest logit difference.
@@ -20,17 +20,14 @@ import torch
 from provenance import provenance  # benchmarks/ is on sys.path when a script there runs
 
 from c100 import checkpoint, data
-from c100.augment import Normalize
-from c100.evaluate import predict_logits
-from c100.export import load_safetensors, load_sidecar
-from c100.models.fold import fold_batchnorm
+from c100.inference import load
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "src" / "c100" / "weights" / "resnet18-default.safetensors"
 
 
-def timed(model, x, norm, batch) -> tuple[float, torch.Tensor]:
+def timed(model, x, batch) -> tuple[float, torch.Tensor]:
     t0 = time.perf_counter()
-    logits = predict_logits(model, x, norm, batch, channels_last=True)
+    logits = model.logits(x, batch_size=batch)
     return len(x) / (time.perf_counter() - t0), logits
 
 
@@ -43,17 +40,17 @@ def main() -> int:
     ap.add_argument("--out", default="benchmarks/results/records/eval-speed-cpu.json")
     args = ap.parse_args()
 
-    meta = load_sidecar(WEIGHTS)
-    plain = load_safetensors(WEIGHTS, meta).to(memory_format=torch.channels_last)
-    folded = fold_batchnorm(plain)
-    norm = Normalize(meta["normalize"]["kind"], torch.device("cpu"))
+    folded = load(WEIGHTS, device="cpu", precision="fp32")  # the inference Model: BatchNorm folded, NHWC
+    plain = load(WEIGHTS, device="cpu", precision="fp32")
+    plain.net = plain.module  # the same loop through the unfolded network
+    meta = folded.card
     splits, _ = data.load(args.data_dir, False, splits=("train",))
     x = torch.from_numpy(splits["train"].images[:args.images])
 
     rounds = []
     for i in range(args.rounds + 1):
-        p, lp = timed(plain, x, norm, args.batch_size)
-        f, lf = timed(folded, x, norm, args.batch_size)
+        p, lp = timed(plain, x, args.batch_size)
+        f, lf = timed(folded, x, args.batch_size)
         print(f"round {i}{' (warm-up, discarded)' if i == 0 else ''}: plain {p:.1f} img/s, folded {f:.1f} img/s, "
               f"ratio {f / p:.3f}", flush=True)
         if i:

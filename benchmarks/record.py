@@ -28,8 +28,8 @@ from provenance import provenance  # benchmarks/ is on sys.path when a script th
 
 from c100 import UserError, checkpoint
 from c100.config import resolve
-from c100.evaluate import evaluate_run, format_table
-from c100.train import train
+from c100.evaluate import evaluate, format_table
+from c100.train import setup_process, train
 
 RESULTS = Path(__file__).resolve().parent / "results" / "records"  # current records; sweeps pass --out
 
@@ -49,10 +49,11 @@ def record_seed(args, overrides: dict, seed: int, name: str, out_dir: Path) -> d
     if args.target_acc is not None:
         flags["target_acc"] = args.target_acc
     cfg = resolve(args.preset, None, flags)
+    setup_process(cfg)
     t0 = time.perf_counter()
     trainer = train(cfg, run, log=lambda line: print(line, flush=True))
     train_end = time.perf_counter()
-    result = None if args.no_test else evaluate_run(run, "test")
+    result = None if args.no_test else evaluate(run, "test")
     wall_s = time.perf_counter() - t0
     if result:
         print(format_table(result), flush=True)

@@ -28,7 +28,7 @@ from throughput import slice_epoch
 from c100 import checkpoint
 from c100.config import resolve
 from c100.models.resnet import early_parameters
-from c100.train import Trainer
+from c100.train import Trainer, build_trainer
 
 
 def matmul_gflops(n: int = 4096, reps: int = 2) -> float:
@@ -76,7 +76,7 @@ def step_trainer(args, res: int, freeze_early: bool, precision: str = "auto") ->
     cfg = resolve("cpu-fast", None, {"data_dir": args.data_dir, "resolutions": [res], "res_milestones": [],
                                      "val_size": 0, "epochs": 1, "time_budget": 0, "freeze_early_at": 0.0,
                                      "precision": precision})
-    trainer = Trainer(cfg, Path("/nonexistent-unused"), log=lambda *_: None)
+    trainer = build_trainer(cfg, Path("/nonexistent-unused"), log=lambda *_: None)
     if freeze_early:  # as cpu-fast runs after freeze_early_at
         for p in early_parameters(trainer.model):
             p.requires_grad_(False)

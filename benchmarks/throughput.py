@@ -26,8 +26,8 @@ from c100 import checkpoint
 from c100.config import resolve
 from c100.device import autocast
 from c100.models import create_model
-from c100.models.cpu_conv import GemmGradConv2d, use_gemm_weight_grad
-from c100.train import Trainer
+from c100.models.cpu_conv import gemm_weight_grad
+from c100.train import Trainer, build_trainer
 
 
 def bare_round(model, opt, x, y, batch, precision, device, channels_last) -> float:
@@ -51,7 +51,7 @@ def sliced_trainer(args, **flags) -> Trainer:
     cfg = resolve("default", None, {"model": args.model, "batch_size": args.batch_size, "data_dir": args.data_dir,
                                     "precision": args.precision, "device": args.device, "epochs": 1,
                                     "val_size": 0, **flags})
-    return slice_epoch(Trainer(cfg, Path("/nonexistent-unused"), log=lambda *_: None), args.steps)
+    return slice_epoch(build_trainer(cfg, Path("/nonexistent-unused"), log=lambda *_: None), args.steps)
 
 
 def slice_epoch(trainer: Trainer, steps: int) -> Trainer:
@@ -81,8 +81,6 @@ def main() -> int:
     bare_model = create_model(args.model).to(dev)
     if cfg.channels_last:
         bare_model = bare_model.to(memory_format=torch.channels_last)
-    if any(isinstance(m, GemmGradConv2d) for m in trainer.model.modules()):
-        use_gemm_weight_grad(bare_model)  # the trainer's convolution backward too: only the loop differs
     bare_opt = torch.optim.SGD(bare_model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
     bare_x = trainer.norm(trainer.data.train_x)  # pre-normalised: the bare loop does no data work at all
     bare_y = trainer.data.train_y
@@ -90,7 +88,8 @@ def main() -> int:
     rows = []
     for r in range(args.rounds + 1):
         t_ips = trainer.train_one_epoch()["images_per_s"]
-        b_ips = bare_round(bare_model, bare_opt, bare_x, bare_y, args.batch_size, prec, dev, cfg.channels_last)
+        with gemm_weight_grad(trainer.gemm_grad):  # the trainer's convolution backward too: only the loop differs
+            b_ips = bare_round(bare_model, bare_opt, bare_x, bare_y, args.batch_size, prec, dev, cfg.channels_last)
         print(f"round {r}{' (warm-up, discarded)' if r == 0 else ''}: trainer {t_ips:.1f} img/s, "
               f"bare {b_ips:.1f} img/s, ratio {t_ips / b_ips:.3f}", flush=True)
         if r:

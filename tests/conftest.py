@@ -65,26 +65,15 @@ def tiny_cfg(cifar_dir: Path, **kw):
     from c100.config import resolve
 
     flags = {"model": "tiny-net", "data_dir": str(cifar_dir), "val_size": "100", "epochs": "3",
-             "batch_size": "64", "precision": "fp32", "download": False, "threads": "2"}
+             "batch_size": "64", "precision": "fp32", "download": False, "check_size": False}
     return resolve("default", None, {**flags, **kw})
-
-
-@pytest.fixture(autouse=True)
-def _any_size(monkeypatch):
-    monkeypatch.setenv("C100_ANY_SIZE", "1")  # synthetic sets are smaller than the real 50k/10k
 
 
 @pytest.fixture(scope="session")
 def tiny_run(cifar_dir, tmp_path_factory) -> Path:
     """A finished 2-epoch tiny-net run on the synthetic data, shared by the picture and predict tests."""
-    from c100.config import resolve
     from c100.train import train
 
-    mp = pytest.MonkeyPatch()
-    mp.setenv("C100_ANY_SIZE", "1")
-    cfg = resolve("default", None, {"model": "tiny-net", "data_dir": str(cifar_dir), "val_size": "100", "epochs": "2",
-                                    "batch_size": "64", "precision": "fp32", "download": False})
     path = tmp_path_factory.mktemp("runs") / "tiny"
-    train(cfg, path, log=lambda *_: None)
-    mp.undo()
+    train(tiny_cfg(cifar_dir, epochs="2"), path, log=lambda *_: None)
     return path

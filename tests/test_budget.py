@@ -9,7 +9,7 @@ import torch
 from c100 import UserError
 from c100.augment import AugmentSpec, Normalize, alternating_flips, resize, train_batches
 from c100.config import resolve
-from c100.train import Trainer, lr_factor, resolution_at, train
+from c100.train import build_trainer, lr_factor, resolution_at, train
 from conftest import tiny_cfg
 
 
@@ -90,7 +90,7 @@ def test_progressive_resizing_and_eval_every(cifar_dir, tmp_path):
 
 
 def test_warm_up_leaves_no_trace(cifar_dir, tmp_path):
-    trainer = Trainer(tiny_cfg(cifar_dir, resolutions=["16", "32"], res_milestones=["0.5"]), tmp_path, log=None)
+    trainer = build_trainer(tiny_cfg(cifar_dir, resolutions=["16", "32"], res_milestones=["0.5"]), tmp_path, log=None)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     seconds = trainer.warm_up()
     assert seconds > 0 and trainer.compile_s == seconds and trainer.step == 0
@@ -101,8 +101,8 @@ def test_warm_up_leaves_no_trace(cifar_dir, tmp_path):
 
 def test_warm_up_outlasts_a_one_batch_epoch(cifar_dir, tmp_path):
     # 64 images at batch 64: one batch per epoch, but the warm-up takes 3 per resolution
-    trainer = Trainer(tiny_cfg(cifar_dir, train_size="64", resolutions=["16", "24", "32"],
-                               res_milestones=["0.3", "0.6"]), tmp_path, log=None)
+    trainer = build_trainer(tiny_cfg(cifar_dir, train_size="64", resolutions=["16", "24", "32"],
+                                     res_milestones=["0.3", "0.6"]), tmp_path, log=None)
     assert len(list(trainer.batches(0))) == 1
     batches = list(itertools.islice(trainer.warm_up_batches(), 9))
     assert len(batches) == 9 and not torch.equal(batches[0][0], batches[1][0])  # a new order each time

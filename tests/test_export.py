@@ -5,10 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from c100 import UserError, checkpoint
+from c100 import UserError
 from c100.cli import main
-from c100.evaluate import load_model
-from c100.export import OnnxModel, export_run, load_safetensors, load_sidecar
+from c100.export import export
+from c100.inference import OnnxSession, load, load_safetensors, load_sidecar
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is in the test extra: pip install -e '.[test]'")
 
@@ -19,18 +19,17 @@ def _images(n=6):
 
 def test_safetensors_round_trip_and_sidecar(tiny_run, tmp_path):
     assert main(["evaluate", str(tiny_run)]) == 0  # so the sidecar can record a measured accuracy
-    path, side = export_run(tiny_run, "safetensors", out=tmp_path / "m.safetensors")
+    path, side = export(tiny_run, "safetensors", out=tmp_path / "m.safetensors")
     meta = load_sidecar(path)
     assert side.is_file() and meta["arch"] == "tiny-net" and len(meta["classes"]) == 100
     assert meta["input"]["shape"] == [3, 32, 32] and meta["normalize"]["kind"] == "cifar100"
     assert len(meta["fine_to_coarse"]) == 100 and meta["trained"]["epochs"] == 2
     assert 0 <= meta["accuracy"]["test"]["top1"] <= 1
-    state = checkpoint.load(tiny_run / "last.pt")
-    ref = load_model(state, "last", torch.device("cpu"))
+    ref = load(tiny_run, device="cpu").module
     got = load_safetensors(path, meta)
     for (k, a), b in zip(ref.state_dict().items(), got.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
-    half, _ = export_run(tiny_run, "safetensors", out=tmp_path / "h.safetensors", half=True)
+    half, _ = export(tiny_run, "safetensors", out=tmp_path / "h.safetensors", half=True)
     assert half.stat().st_size < 0.6 * path.stat().st_size
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
@@ -38,14 +37,14 @@ def test_safetensors_round_trip_and_sidecar(tiny_run, tmp_path):
 
 
 def test_onnx_matches_pytorch_with_dynamic_batch(tiny_run, tmp_path):
-    path, _ = export_run(tiny_run, "onnx", out=tmp_path / "m.onnx")
+    path, _ = export(tiny_run, "onnx", out=tmp_path / "m.onnx")
     meta = load_sidecar(path)
     assert meta["onnx"]["max_abs_logit_diff"] < 1e-4 and meta["onnx"]["top1_agreement"] == 1.0
-    net = OnnxModel(path)
-    ref = load_model(checkpoint.load(tiny_run / "last.pt"), "last", torch.device("cpu"))
+    net = OnnxSession(path)
+    ref = load(tiny_run, device="cpu").module
     for n in (1, 7, 33):  # any batch size
         x = torch.randn(n, 3, 32, 32)
-        out = net(x.numpy())
+        out = net(x).numpy()
         with torch.no_grad():
             want = ref(x).numpy()
         assert out.shape == (n, 100) and np.abs(out - want).max() < 1e-4
@@ -56,9 +55,9 @@ def test_predict_with_exported_weights_agrees(tiny_run, tmp_path, capsys):
     for i, a in enumerate(_images(4)):
         Image.fromarray(a.transpose(1, 2, 0)).save(tmp_path / f"{i}.png")
     answers = []
-    st, _ = export_run(tiny_run, "safetensors", out=tmp_path / "m.safetensors")
-    onnx, _ = export_run(tiny_run, "onnx", out=tmp_path / "m.onnx")
-    for args in (["-c", str(tiny_run)], ["-w", str(st)], ["-w", str(onnx)]):
+    st, _ = export(tiny_run, "safetensors", out=tmp_path / "m.safetensors")
+    onnx, _ = export(tiny_run, "onnx", out=tmp_path / "m.onnx")
+    for args in (["-w", str(tiny_run)], ["-w", str(st)], ["-w", str(onnx)]):
         assert main(["predict", *[str(tmp_path / f"{i}.png") for i in range(4)], *args, "--json"]) == 0
         answers.append([[t["label"] for t in r["top"]] for r in json.loads(capsys.readouterr().out)])
     assert answers[0] == answers[1] == answers[2]
@@ -75,18 +74,32 @@ def test_export_errors(tiny_run, tmp_path, capsys):
     assert main(["predict", "a.png", "-w", str(tmp_path / "x.safetensors")]) == 2
     assert "not a readable safetensors file" in capsys.readouterr().err
     assert main(["predict", "a.png", "-c", str(tiny_run), "-w", "x.onnx"]) == 2
-    assert "pass one of --checkpoint RUN and --weights FILE, not both" in capsys.readouterr().err
+    assert "pass the model once: --weights MODEL (not also --checkpoint RUN)" in capsys.readouterr().err
     assert main(["evaluate"]) == 2
-    assert "pass either a run folder (or checkpoint file) or --weights FILE|default" in capsys.readouterr().err
+    assert "which model? pass 'default'" in capsys.readouterr().err
+    assert main(["evaluate", str(tiny_run), "-w", "default"]) == 2
+    assert "two models given" in capsys.readouterr().err
+    assert main(["evaluate", str(tiny_run), "--checkpoint", "first"]) == 2
+    assert "--checkpoint 'first' is not one of: last, best" in capsys.readouterr().err
     with pytest.raises(UserError, match="--format 'tflite' is not one of"):
-        export_run(tiny_run, "tflite")
+        export(tiny_run, "tflite")
+    onnx, _ = export(tiny_run, "onnx", out=tmp_path / "m.onnx")
+    with pytest.raises(UserError, match="already an ONNX network"):
+        export(onnx, "safetensors")
+    st, _ = export(tiny_run, "safetensors", out=tmp_path / "m.safetensors")
+    with pytest.raises(UserError, match="would overwrite it; pass another --out"):
+        export(st, "safetensors")
 
 
 def test_evaluate_exported_weights(tiny_run, cifar_dir, tmp_path, capsys):
     assert main(["evaluate", str(tiny_run)]) == 0
     want = json.loads((tiny_run / "eval-test-last.json").read_text())
-    path, _ = export_run(tiny_run, "safetensors", out=tmp_path / "m.safetensors")
+    path, _ = export(tiny_run, "safetensors", out=tmp_path / "m.safetensors")
     capsys.readouterr()
     assert main(["evaluate", "--weights", str(path), "--data-dir", str(cifar_dir)]) == 0
     out = capsys.readouterr().out
     assert f"top-1       {want['top1']:.2%}" in out and f"recorded at export: top-1 {want['top1']:.2%}" in out
+    onnx, _ = export(path, "onnx")  # from the exported file: beside it, under its own name
+    assert onnx == tmp_path / "m.onnx" and load_sidecar(onnx)["accuracy"]["test"]["top1"] == want["top1"]
+    assert main(["evaluate", str(onnx), "--data-dir", str(cifar_dir)]) == 0
+    assert f"top-1       {want['top1']:.2%}" in capsys.readouterr().out  # the same answer from onnxruntime

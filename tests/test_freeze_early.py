@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from c100 import UserError, checkpoint
-from c100.train import Trainer, resume, train
+from c100.train import build_trainer, resume, train
 from conftest import tiny_cfg
 
 EARLY = ("conv1.", "bn1.", "layer1.")
@@ -24,7 +24,7 @@ def params(state: dict, early: bool) -> dict:
 
 
 def test_early_layers_train_until_the_fraction_then_stay_and_resume_agrees(cifar_dir, tmp_path):
-    start = Trainer(resnet_cfg(cifar_dir), tmp_path / "fresh", log=lambda *_: None).model.state_dict()
+    start = build_trainer(resnet_cfg(cifar_dir), tmp_path / "fresh", log=lambda *_: None).model.state_dict()
     straight = train(resnet_cfg(cifar_dir), tmp_path / "straight", log=lambda *_: None)
 
     def killer(line):  # stop right after epoch 2 (step 4, progress 0.5) is saved
@@ -48,6 +48,6 @@ def test_early_layers_train_until_the_fraction_then_stay_and_resume_agrees(cifar
 
 def test_freeze_early_needs_a_resnet(cifar_dir, tmp_path):
     with pytest.raises(UserError, match="needs a ResNet model"):
-        Trainer(tiny_cfg(cifar_dir, freeze_early_at="0.5"), tmp_path, log=lambda *_: None)
+        build_trainer(tiny_cfg(cifar_dir, freeze_early_at="0.5"), tmp_path, log=lambda *_: None)
     with pytest.raises(UserError, match="fraction of training in"):
         tiny_cfg(cifar_dir, freeze_early_at="1.5")

@@ -3,7 +3,7 @@ import torch
 
 from c100 import UserError
 from c100.models import count_parameters, create_model, list_models
-from c100.models.cpu_conv import GemmGradConv2d, use_gemm_weight_grad
+from c100.models.cpu_conv import gemm_weight_grad
 from c100.models.fold import fold_batchnorm
 from c100.models.seed import same_pad
 
@@ -95,13 +95,16 @@ def test_gemm_weight_grad_conv_matches_conv2d(monkeypatch, kernel, stride, paddi
     ref = torch.nn.Conv2d(5, 7, kernel, stride, padding, bias=bias)
     conv = torch.nn.Conv2d(5, 7, kernel, stride, padding, bias=bias)
     conv.load_state_dict(ref.state_dict())
-    assert cpu_conv.use_gemm_weight_grad(conv) == 1 and isinstance(conv, cpu_conv.GemmGradConv2d)
     x = torch.randn(3, 5, px, px)
     x = x.contiguous(memory_format=torch.channels_last) if nhwc else x
     xr, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
-    yr, yc = ref(xr), conv(xc)
+    yr = ref(xr)
     g = torch.randn_like(yr)
-    yr.backward(g), yc.backward(g)
+    yr.backward(g)
+    with cpu_conv.gemm_weight_grad():
+        yc = conv(xc)
+        yc.backward(g)
+    assert type(conv) is torch.nn.Conv2d  # the module is not touched
     torch.testing.assert_close(yc, yr)
     torch.testing.assert_close(xc.grad, xr.grad)
     torch.testing.assert_close(conv.weight.grad, ref.weight.grad, rtol=1e-5, atol=1e-5)
@@ -119,17 +122,23 @@ def test_unfold_patches_matches_torch_unfold():
     assert torch.equal(unfold_patches(x, (3, 3), (2, 2), (1, 1)), ref.transpose(1, 2).reshape(-1, 27))
 
 
-def test_gemm_weight_grad_resnet18_same_training_step():
-    from c100.models.cpu_conv import use_gemm_weight_grad
+def test_gemm_weight_grad_resnet18_same_training_step(monkeypatch):
+    from c100.models import cpu_conv
 
+    calls, real = [], cpu_conv._GemmWeightGradConv.apply
+    monkeypatch.setattr(cpu_conv._GemmWeightGradConv, "apply", lambda *a: calls.append(1) or real(*a))
     torch.manual_seed(0)
     ref = create_model("resnet18")
     fast = create_model("resnet18")
     fast.load_state_dict(ref.state_dict())
-    assert use_gemm_weight_grad(fast) == 20  # 17 3x3 convs + 3 1x1 shortcuts
     x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 100, (4,))
-    for m in (ref, fast):
-        torch.nn.functional.cross_entropy(m(x), y).backward()
+    torch.nn.functional.cross_entropy(ref(x), y).backward()
+    with gemm_weight_grad():
+        torch.nn.functional.cross_entropy(fast(x), y).backward()
+    assert len(calls) == 20  # 17 3x3 convs (the stem and 16 in the blocks) + 3 1x1 shortcuts
+    with gemm_weight_grad(), torch.no_grad():
+        fast(x)
+    assert len(calls) == 20  # inference: plain convolutions
     for (name, a), b in zip(ref.named_parameters(), fast.parameters(), strict=True):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5, msg=name)
     assert fast.state_dict().keys() == ref.state_dict().keys()
@@ -186,7 +195,6 @@ def _with_running_stats(model: torch.nn.Module) -> torch.nn.Module:
 def test_fold_batchnorm_same_outputs_without_batchnorm(name, nhwc):
     torch.manual_seed(0)
     model = _with_running_stats(create_model(name))
-    use_gemm_weight_grad(model)  # the trainer's model: fold_batchnorm must see through the subclass
     layout = torch.channels_last if nhwc else torch.contiguous_format
     model = model.to(memory_format=layout)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -198,10 +206,9 @@ def test_fold_batchnorm_same_outputs_without_batchnorm(name, nhwc):
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     convs = [m for m in folded.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and all(c.weight.is_contiguous(memory_format=layout) for c in convs)  # the model's layout
-    # the model itself is untouched: same weights, still its BN layers and its training convolutions
+    # the model itself is untouched: same weights, still its BN layers
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) > 0
-    assert any(isinstance(m, GemmGradConv2d) for m in model.modules())
 
 
 def test_fold_batchnorm_leaves_untraceable_model_unfolded():

@@ -4,7 +4,6 @@ import zlib
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from c100.cli import main
@@ -80,7 +79,7 @@ def test_cli_predict_folder_json_and_exit_code(tiny_run, tmp_path, capsys):
     for i in range(3):
         Image.fromarray(np.full((50, 50, 3), 40 * i, np.uint8)).save(d / f"ok{i}.png")
     (d / "notes.txt").write_text("ignored: not an image suffix")
-    assert main(["predict", str(d), "-c", str(tiny_run), "--json", "--top-k", "3"]) == 0
+    assert main(["predict", str(d), "-w", str(tiny_run), "--json", "--top-k", "3"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [Path_name(r["file"]) for r in out] == ["ok0.png", "ok1.png", "ok2.png"]
     for r in out:
@@ -90,7 +89,7 @@ def test_cli_predict_folder_json_and_exit_code(tiny_run, tmp_path, capsys):
         assert r["top"][0]["label"].startswith("class_") and r["top"][0]["superclass"].startswith("super_")
 
     (d / "broken.png").write_text("not really a png")
-    rc = main(["predict", str(d), str(tmp_path / "missing.jpg"), "-c", str(tiny_run)])
+    rc = main(["predict", str(d), str(tmp_path / "missing.jpg"), "-w", str(tiny_run)])
     captured = capsys.readouterr()
     assert rc == 1
     rows = captured.out.strip().splitlines()[1:]
@@ -102,49 +101,13 @@ def test_cli_predict_folder_json_and_exit_code(tiny_run, tmp_path, capsys):
 
 def test_cli_predict_usage_errors(tiny_run, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert main(["predict", str(tmp_path / "empty"), "-c", str(tiny_run)]) == 2
+    assert main(["predict", str(tmp_path / "empty"), "-w", str(tiny_run)]) == 2
     assert "holds no image files" in capsys.readouterr().err
-    assert main(["predict", "x.png", "-c", str(tmp_path / "nope")]) == 2
-    assert "neither a run folder nor a checkpoint" in capsys.readouterr().err
+    assert main(["predict", "x.png", "-w", str(tmp_path / "nope")]) == 2
+    assert "neither a run folder nor a model file" in capsys.readouterr().err
 
 
 def Path_name(s):  # noqa: N802
     from pathlib import Path
 
     return Path(s).name
-
-
-def test_eval_batch_and_layout_do_not_change_logits():
-    """`c100 evaluate` runs at the run's eval batch in NHWC (faster on CPU); the logits must be those
-    of one NCHW pass, batch boundaries included (BatchNorm in eval mode mixes nothing across images)."""
-    from c100.augment import Normalize
-    from c100.evaluate import predict_logits
-    from c100.models import create_model
-
-    torch.manual_seed(0)
-    model = create_model("resnet18").eval()
-    model.apply(lambda m: m.running_var.uniform_(0.5, 2) if isinstance(m, torch.nn.BatchNorm2d) else None)
-    images = torch.randint(0, 256, (23, 3, 32, 32), dtype=torch.uint8)
-    norm = Normalize("cifar100", torch.device("cpu"))
-    reference = predict_logits(model, images, norm, batch_size=500)
-    nhwc = predict_logits(model.to(memory_format=torch.channels_last), images, norm, batch_size=7, channels_last=True)
-    assert reference.shape == (23, 100)
-    torch.testing.assert_close(nhwc, reference, rtol=1e-4, atol=1e-4)
-
-
-def test_flip_tta_averages_the_probabilities_of_image_and_mirror():
-    from c100.augment import Normalize
-    from c100.evaluate import predict_with_flip
-    from c100.models import create_model
-
-    torch.manual_seed(0)
-    model = create_model("tiny-net").eval()
-    images = torch.randint(0, 256, (9, 3, 32, 32), dtype=torch.uint8)
-    norm = Normalize("cifar100", torch.device("cpu"))
-    plain, tta = predict_with_flip(model, images, norm, batch_size=4, tta_flip=True)
-    with torch.no_grad():
-        expected = (model(norm(images)).softmax(1) + model(norm(images.flip(3))).softmax(1)) / 2
-    torch.testing.assert_close(plain, model(norm(images)).detach())
-    torch.testing.assert_close(tta.exp(), expected)
-    assert not torch.allclose(tta.exp(), plain.softmax(1))  # the mirror really counts
-    assert predict_with_flip(model, images, norm)[1] is None

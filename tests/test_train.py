@@ -8,7 +8,7 @@ from c100 import UserError, checkpoint
 from c100.augment import Normalize
 from c100.cli import main
 from c100.config import resolve
-from c100.train import WHITEN_IMAGES, Trainer, l2_penalty, lr_factor, resume, train
+from c100.train import WHITEN_IMAGES, build_trainer, l2_penalty, lr_factor, resume, train
 from conftest import tiny_cfg, write_cifar
 
 
@@ -77,7 +77,7 @@ def test_cli_train_and_evaluate_resnet18(tmp_path, capsys):
     write_cifar(tmp_path / "data", 200, 100)
     run = tmp_path / "r18"
     rc = main(["train", "--data-dir", str(tmp_path / "data"), "--out", str(run), "--epochs", "1", "--val-size",
-               "100", "--batch-size", "50", "--no-download"])
+               "100", "--batch-size", "50", "--no-download", "--no-check-size"])
     assert rc == 0
     assert "epoch   1" in capsys.readouterr().out
     rc = main(["evaluate", str(run), "--tta"])
@@ -99,7 +99,7 @@ def test_cli_errors_are_one_line(cifar_dir, tmp_path, capsys):
         (["train", "--model", "resnet99", "--out", str(tmp_path / "x")], "unknown model 'resnet99'"),
         (["train", "--resume", str(tmp_path / "run")], "already finished all 1 epochs"),
         (["train", "--resume", str(tmp_path / "nothing")], "nothing to resume in"),
-        (["evaluate", str(tmp_path / "nothing")], "neither a run folder nor a checkpoint"),
+        (["evaluate", str(tmp_path / "nothing")], "neither a run folder nor a model file"),
         (["train", "--data-dir", str(tmp_path / "empty"), "--no-download", "--out", str(tmp_path / "y")],
          "CIFAR-100 not found"),
     ]
@@ -117,9 +117,9 @@ def test_checkpoint_of_another_model(cifar_dir, tmp_path):
     state["arch"] = "resnet18"  # claims to be a ResNet18 but holds tiny-net weights
     checkpoint.save(state, tmp_path / "wrong.pt")
     with pytest.raises(UserError, match="does not fit model 'resnet18'"):
-        from c100.evaluate import evaluate_run
+        from c100.evaluate import evaluate
 
-        evaluate_run(tmp_path / "wrong.pt")
+        evaluate(tmp_path / "wrong.pt")
     (tmp_path / "bad.pt").write_bytes(b"garbage")
     with pytest.raises(UserError, match="is not a readable c100 checkpoint"):
         checkpoint.load(tmp_path / "bad.pt")
@@ -200,14 +200,14 @@ def test_whiten_stem_run_starts_whitened(cifar_dir, tmp_path):
     cfg = tiny_cfg(cifar_dir, whiten_stem="true", epochs="1")
     trainer = train(cfg, tmp_path / "w", log=lambda *_: None)
     assert trainer.cfg.whiten_stem and checkpoint.load(tmp_path / "w" / "last.pt")["config"]["whiten_stem"]
-    fresh = Trainer(cfg, tmp_path / "fresh", log=lambda *_: None)  # before any step: the whitened init
+    fresh = build_trainer(cfg, tmp_path / "fresh", log=lambda *_: None)  # before any step: the whitened init
     images = Normalize(cfg.normalize, torch.device("cpu"))(fresh.data.train_x[:WHITEN_IMAGES])
     assert torch.allclose(fresh.model[0].weight, whitening_filters(images)[:8])
 
 
 def test_freeze_stem_keeps_the_whitened_filters(cifar_dir, tmp_path):
     cfg = tiny_cfg(cifar_dir, whiten_stem="true", freeze_stem="true", epochs="1")
-    start = Trainer(cfg, tmp_path / "fresh", log=lambda *_: None).model.state_dict()
+    start = build_trainer(cfg, tmp_path / "fresh", log=lambda *_: None).model.state_dict()
     end = checkpoint.load(train(cfg, tmp_path / "f", log=lambda *_: None).run_dir / "last.pt")["model"]
     assert torch.equal(end["0.weight"], start["0.weight"])  # weight decay did not shrink it either
     moved = [k for k in start if k.endswith("weight") and not torch.equal(end[k], start[k])]

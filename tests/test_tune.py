@@ -15,7 +15,7 @@ from c100.tune import load_space, make_pruner, open_study, suggest, tune  # noqa
 
 # train_size 300 of the 900 non-validation images: a third of the compute, the same code paths.
 FIXED = {"model": "tiny-net", "epochs": 2, "batch_size": 64, "val_size": 100, "train_size": 300, "precision": "fp32",
-         "download": False, "threads": 2}
+         "download": False, "check_size": False, "threads": 2}
 PARAMS = {"lr": {"type": "float", "low": 0.01, "high": 0.5, "log": True},
           "label_smoothing": {"type": "float", "low": 0.0, "high": 0.2},
           "translate": {"type": "int", "low": 0, "high": 4},

@@ -9,3 +9,13 @@ class UserError(Exception):
     The CLI prints its message as one line, with no traceback; the message names
     the problem and the fix.
     """
+
+
+def __getattr__(name: str):
+    """`c100.load` and `c100.Model` (see c100/inference.py), imported on first use so that `import c100`
+    and `c100 --help` stay fast (no torch import)."""
+    if name in ("load", "Model"):
+        from c100 import inference
+
+        return getattr(inference, name)
+    raise AttributeError(f"module 'c100' has no attribute '{name}'")

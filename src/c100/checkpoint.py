@@ -53,17 +53,6 @@ def save(state: dict, path: Path) -> None:
     _atomic(path, lambda f: torch.save(state, f))
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module under DDP (`.module`) and torch.compile (`._orig_mod`)."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        else:
-            return model
-
-
 def load(path: Path | str) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -86,6 +75,58 @@ def load_weights(model: nn.Module, state_dict: dict, source: str, arch: str) -> 
         detail = str(e).splitlines()[0]
         raise UserError(f"{source} does not fit model '{arch}' ({detail[:100]}...); pass the checkpoint's own "
                         f"--model or another checkpoint") from None
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def restore_rng(state: dict) -> None:
+    """The global generators of a training checkpoint (process-wide: resume() sets them once)."""
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"].get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+
+def training_state(config: dict, model: nn.Module, ema: nn.Module | None, optimizer, scaler, meta,
+                   progress: dict, finished: bool) -> dict:
+    """Everything a run needs to continue bit for bit, as plain tensors and values (the contract
+    above); `progress` holds the loop's counters (step, epoch, history, clock, ...)."""
+    return {
+        "format": FORMAT_VERSION,
+        "arch": config["model"],
+        "model": model.state_dict(),
+        "ema": ema.state_dict() if ema is not None else None,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": {"step": progress["step"], "total_steps": progress["total_steps"]},
+        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+        "epoch": progress["epoch"],
+        "finished": finished,
+        "rng": rng_state(),
+        "config": config,
+        "classes": meta.fine_names,
+        "superclasses": meta.coarse_names,
+        "fine_to_coarse": meta.fine_to_coarse,
+        "history": progress["history"],
+        "best_val_acc": progress["best_val_acc"],
+        "clock_s": progress["clock_s"],
+        "compile_s": progress["compile_s"],
+        "target": progress["target"],
+    }
+
+
+def restore_training(state: dict, model: nn.Module, ema: nn.Module | None, optimizer, scaler, source: str) -> dict:
+    """Load a training checkpoint's weights and optimizer state in place; returns the loop's counters."""
+    load_weights(model, state["model"], source, state["config"]["model"])
+    if ema is not None and state.get("ema") is not None:
+        ema.load_state_dict(state["ema"])
+    optimizer.load_state_dict(state["optimizer"])
+    if state.get("scaler") and scaler.is_enabled():
+        scaler.load_state_dict(state["scaler"])
+    return {"step": state["scheduler"]["step"], "epoch": state["epoch"], "history": list(state["history"]),
+            "best_val_acc": state.get("best_val_acc"), "clock_s": state.get("clock_s", 0.0),
+            "compile_s": state.get("compile_s", 0.0), "target": state.get("target")}
 
 
 def git_revision() -> str | None:

@@ -16,10 +16,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     flags = {name: getattr(args, name) for name in config.FIELDS}
     if args.resume:
+        cfg, _ = train.resume_point(args.resume, flags)
+        train.setup_process(cfg)
         train.resume(args.resume, flags)
     else:
         cfg = config.resolve(args.preset, args.config, flags)
         out = args.out or os.path.join("runs", args.preset or "custom")
+        train.setup_process(cfg)
         train.train(cfg, out)
         if distributed.is_main():
             print(f"done: {out}  (evaluate on the test set with: c100 evaluate {out})")
@@ -27,16 +30,64 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from c100.evaluate import evaluate_run, format_table
-    from c100.export import evaluate_weights
+# -- which model: one vocabulary for every subcommand that uses a trained model ---------------------
+DATA_HELP = "folder holding cifar-100-python/ (default: the run's, else env CIFAR100_DATA, else ./data)"
+SOURCE_HELP = "'default' (the ResNet18 shipped in the package), a run folder, or a .pt, .safetensors or .onnx file"
 
-    if bool(args.run) == bool(args.weights):
-        raise UserError("pass either a run folder (or checkpoint file) or --weights FILE|default: exactly one")
-    if args.weights:
-        r = evaluate_weights(args.weights, args.split, args.tta, args.data_dir, args.device)
-    else:
-        r = evaluate_run(args.run, args.split, args.checkpoint, args.tta, args.data_dir, args.device)
+
+def add_model_args(sp: argparse.ArgumentParser, positional: bool = True, default: str | None = None) -> None:
+    """MODEL (positional or --weights), --checkpoint last|best, --device; old spellings stay as
+    deprecated aliases for one release (--which; --checkpoint RUN in predict and serve)."""
+    if positional:
+        sp.add_argument("source", nargs="?", metavar="MODEL", help=SOURCE_HELP)
+    sp.add_argument("--weights", "-w", metavar="MODEL", help=SOURCE_HELP + (f" [{default}]" if default else ""))
+    sp.add_argument("--checkpoint", "-c", metavar="last|best",
+                    help="which checkpoint of a run folder: last = the final model, best = the epoch with the best "
+                         "validation accuracy [last]")
+    sp.add_argument("--which", choices=["last", "best"], help=argparse.SUPPRESS)  # deprecated: --checkpoint
+    sp.add_argument("--device", default="auto", help="auto (a CUDA GPU if there is one) | cpu | cuda [auto]")
+    sp.set_defaults(default_source=default)
+
+
+def _deprecated(old: str, new: str) -> None:
+    print(f"c100: warning: {old} is deprecated and will be removed; use {new}", file=sys.stderr)
+
+
+def model_choice(args: argparse.Namespace) -> tuple[str, str]:
+    """(source, checkpoint) from the flags of add_model_args."""
+    source, which = getattr(args, "source", None), args.checkpoint
+    if which is not None and which not in ("last", "best"):
+        if not Path(which).exists():
+            raise UserError(f"--checkpoint '{which}' is not one of: last, best (to choose the model: --weights MODEL)")
+        # the old `--checkpoint RUN` of predict and serve
+        _deprecated("--checkpoint RUN", "--weights RUN (--checkpoint now picks last or best)")
+        if args.weights:
+            raise UserError("pass the model once: --weights MODEL (not also --checkpoint RUN)")
+        args.weights, which = which, None
+    if args.which:
+        _deprecated("--which", "--checkpoint")
+        which = which or args.which
+    if source and args.weights and source != args.weights:
+        raise UserError(f"two models given ({source} and --weights {args.weights}); pass one")
+    source = source or args.weights or args.default_source
+    if not source:
+        raise UserError(f"which model? pass {SOURCE_HELP}")
+    return source, which or "last"
+
+
+def out_folder(source: str) -> Path:
+    """Where a subcommand writes by default: into the run folder, else beside the model file's run, else here."""
+    p = Path(source)
+    if p.is_dir():
+        return p
+    return p.parent if p.suffix == ".pt" else Path(".")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from c100.evaluate import evaluate, format_table
+
+    source, which = model_choice(args)
+    r = evaluate(source, args.split, which, args.tta, args.data_dir, args.device)
     print(format_table(r, worst=100 if args.per_class else 5))
     if r.get("recorded"):
         print(f"  recorded at export: top-1 {r['recorded']['top1']:.2%} on {r['recorded']['n']} images")
@@ -60,26 +111,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_predictor(args: argparse.Namespace):
-    """--checkpoint RUN or --weights FILE; with neither, the ResNet18 weights shipped in the package."""
-    from c100.export import resolve_weights
-    from c100.predict import Predictor
+def load_model(args: argparse.Namespace):
+    from c100.inference import load
 
-    if args.checkpoint and args.weights:
-        raise UserError("pass one of --checkpoint RUN and --weights FILE, not both")
-    if args.checkpoint:
-        return Predictor.from_checkpoint(args.checkpoint, args.device, getattr(args, "which", "last"))
-    return Predictor.from_export(resolve_weights(args.weights or "default"), args.device)
+    source, which = model_choice(args)
+    return load(source, which, args.device)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     import json
 
-    from c100.predict import expand_inputs, format_results
+    from c100.predict import expand_inputs, format_results, predict_files
 
     files = expand_inputs(args.inputs, args.recursive)
-    predictor = load_predictor(args)
-    results = predictor.predict(files, args.top_k, args.batch_size)
+    results = predict_files(load_model(args), files, args.top_k, args.batch_size)
     if args.json:
         print(json.dumps([{"file": r.file, "top": r.top, "error": r.error} for r in results], indent=2))
     else:
@@ -94,9 +139,10 @@ def cmd_mosaic(args: argparse.Namespace) -> int:
     from c100.evaluate import load_predictions
     from c100.mosaic import draw_mosaic, parse_classes, save_png
 
-    p = load_predictions(args.run, args.split, args.which, args.data_dir, args.device)
+    source, which = model_choice(args)
+    p = load_predictions(source, args.split, which, args.data_dir, args.device)
     img = draw_mosaic(p, parse_classes(args.classes, p.meta.fine_names), args.per_row, args.scale)
-    out = Path(args.out) if args.out else Path(args.run) / f"mosaic-{args.split}.png"
+    out = Path(args.out) if args.out else out_folder(source) / f"mosaic-{args.split}.png"
     print(f"{save_png(img, out)}  ({img.width}x{img.height} px, {out.stat().st_size / 1e3:.0f} kB)")
     return 0
 
@@ -105,8 +151,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from c100.analysis import analyze, pairs_markdown
     from c100.evaluate import load_predictions
 
-    p = load_predictions(args.run, args.split, args.which, args.data_dir, args.device)
-    out = Path(args.out) if args.out else Path(args.run) / f"analysis-{args.split}"
+    source, which = model_choice(args)
+    p = load_predictions(source, args.split, which, args.data_dir, args.device)
+    out = Path(args.out) if args.out else out_folder(source) / f"analysis-{args.split}"
     s = analyze(p, out)
     print(f"{args.split}: top-1 {s['top1']:.2%}, expected calibration error {s['ece']:.2%}")
     print(pairs_markdown(s["confused_pairs"][:10]))
@@ -117,33 +164,28 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from c100.report import build_report
 
-    for path in build_report(args.run, args.split, args.which, args.data_dir, args.device):
+    source, which = model_choice(args)
+    for path in build_report(source, args.split, which, args.data_dir, args.device):
         print(path)
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from c100.export import export_run
+    from c100.export import export
 
-    path, side = export_run(args.run, args.format, args.which, args.out, args.half)
+    source, which = model_choice(args)
+    path, side = export(source, args.format, which, args.out, args.half)
     print(f"{path}  ({path.stat().st_size / 1e6:.1f} MB)\n{side}")
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from c100.serve import App, gallery, make_server
+    from c100.data import default_data_dir
+    from c100.serve import gallery, serve
 
-    predictor = load_predictor(args)
-    app = App(predictor, int(args.max_upload_mb * (1 << 20)), gallery(args.data_dir))
-    try:
-        server = make_server(app, args.host, args.port)
-    except OSError as e:
-        raise UserError(f"cannot listen on {args.host}:{args.port} ({e.strerror}); pick another --port") from None
-    print(f"serving on http://{args.host}:{server.server_address[1]}  (Ctrl-C stops)", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+    model = load_model(args)
+    items = gallery(args.data_dir or default_data_dir())
+    serve(model, args.host, args.port, int(args.max_upload_mb * (1 << 20)), items)
     return 0
 
 
@@ -193,16 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_flags(t)
     t.set_defaults(fn=cmd_train)
 
-    e = sub.add_parser("evaluate", help="accuracy of a trained run on the test (or validation) set")
-    e.add_argument("run", nargs="?", help="run folder or checkpoint file")
-    e.add_argument("--weights", "-w", help="an exported .safetensors file, or 'default' for the shipped ResNet18")
+    e = sub.add_parser("evaluate", help="accuracy of a trained model on the test (or validation) set")
+    add_model_args(e)
     e.add_argument("--split", choices=["test", "val"], default="test")
-    e.add_argument("--checkpoint", choices=["last", "best"], default="last",
-                   help="last = the final model; best = the epoch with the best validation accuracy")
     e.add_argument("--tta", action="store_true", help="also report horizontal-flip test-time augmentation")
     e.add_argument("--per-class", action="store_true", help="print every class's accuracy")
-    e.add_argument("--data-dir", help="where cifar-100-python/ is (default: the run's)")
-    e.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    e.add_argument("--data-dir", help=DATA_HELP)
     e.set_defaults(fn=cmd_evaluate)
 
     pl = sub.add_parser("plot", help="draw a run's accuracy, loss and learning-rate curves (PNG + SVG)")
@@ -218,23 +256,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="top-k labels for image files or folders of images")
     pr.add_argument("inputs", nargs="+", metavar="IMAGE|DIR", help="image files (any format Pillow reads) or folders")
-    pr.add_argument("--checkpoint", "-c", help="run folder or checkpoint file")
-    pr.add_argument("--weights", "-w", help="a .safetensors or .onnx file written by `c100 export` "
-                    "[default: the ResNet18 shipped in the package]")
-    pr.add_argument("--which", choices=["last", "best"], default="last", help="which checkpoint of a run folder")
+    add_model_args(pr, positional=False, default="default")
     pr.add_argument("--top-k", type=int, default=5)
     pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pr.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     pr.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
-    pr.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     pr.set_defaults(fn=cmd_predict)
 
     def picture_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("run", help="run folder")
+        add_model_args(sp)
         sp.add_argument("--split", choices=["test", "val"], default="test")
-        sp.add_argument("--which", choices=["last", "best"], default="last", help="which checkpoint")
-        sp.add_argument("--data-dir", help="where cifar-100-python/ is (default: the run's)")
-        sp.add_argument("--device", default="auto", help="auto | cpu | cuda")
+        sp.add_argument("--data-dir", help=DATA_HELP)
 
     mo = sub.add_parser("mosaic", help="one PNG of the images grouped by predicted class (green right, red wrong)")
     picture_args(mo)
@@ -254,23 +286,20 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(fn=cmd_report)
 
     ex = sub.add_parser("export", help="weights as safetensors or the network as ONNX, with a JSON sidecar")
-    ex.add_argument("run", help="run folder or checkpoint file")
+    add_model_args(ex)
     ex.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors")
-    ex.add_argument("--which", choices=["last", "best"], default="last", help="which checkpoint of a run folder")
     ex.add_argument("--half", action="store_true", help="safetensors in fp16 (half the size)")
-    ex.add_argument("--out", help="output file (default RUN/ARCH-WHICH.FORMAT)")
+    ex.add_argument("--out", help="output file (default: RUN/ARCH-WHICH.FORMAT for a run, beside an exported "
+                                  "file, ./ARCH-default.FORMAT for the shipped weights)")
     ex.set_defaults(fn=cmd_export)
 
     sv = sub.add_parser("serve", help="a web page to classify uploaded images")
-    sv.add_argument("--checkpoint", "-c", help="run folder or checkpoint file")
-    sv.add_argument("--weights", "-w", help="a .safetensors or .onnx file written by `c100 export` "
-                    "[default: the ResNet18 shipped in the package]")
+    add_model_args(sv, positional=False, default="default")
     sv.add_argument("--host", default="127.0.0.1", help="interface to bind (127.0.0.1: this machine only)")
     sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     sv.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload")
-    sv.add_argument("--data-dir", default=os.environ.get("CIFAR100_DATA", "./data"),
-                    help="CIFAR-100 location for the gallery of test images (none shown if absent)")
+    sv.add_argument("--data-dir", help="CIFAR-100 location for the gallery of test images (none shown if absent) "
+                                       "[env CIFAR100_DATA, else ./data]")
     sv.set_defaults(fn=cmd_serve)
 
     tu = sub.add_parser("tune", help="hyper-parameter search with Optuna, scored on the validation split (resumable)")
@@ -282,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--pruner", choices=["median", "halving", "none"], default="median",
                     help="stop poor trials early: median of earlier trials, successive halving, or never [median]")
     tu.add_argument("--seed", type=int, default=0, help="seeds the sampler: the same command draws the same values")
-    tu.add_argument("--data-dir", help="folder holding cifar-100-python/ (default: the space's, env CIFAR100_DATA)")
+    tu.add_argument("--data-dir", help="folder holding cifar-100-python/ (default: the space's, else env "
+                                       "CIFAR100_DATA, else ./data)")
     tu.add_argument("--device", help="auto | cpu | cuda | mps (default: the space's)")
     tu.add_argument("--threads", help="CPU threads for torch (default: the space's)")
     tu.set_defaults(fn=cmd_tune)

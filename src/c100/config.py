@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -17,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from c100 import UserError
+from c100.data import default_data_dir
 
 CHOICES = {
     "optimizer": ("sgd", "adam", "adamw"),
@@ -41,6 +41,9 @@ class TrainConfig:
     model: str = _f("resnet18", "architecture from the registry (see `c100 models`)")
     data_dir: str = _f("./data", "folder holding cifar-100-python/ (env CIFAR100_DATA)")
     download: bool = _f(True, "download CIFAR-100 when it is not in --data-dir")
+    check_size: bool = _f(True, "refuse a data set whose splits are not CIFAR-100's 50,000 / 10,000 images (a "
+                                "wrong or partial file); --no-check-size admits smaller ones, e.g. synthetic "
+                                "data for tests and dry runs")
     val_size: int = _f(5000, "stratified validation images held out of train (0 = train on all 50k)")
     train_size: int = _f(0, "use a stratified subset of this many training images (0 = all that are not "
                             "validation): short experiments on a CPU")
@@ -102,6 +105,8 @@ class TrainConfig:
     sync_bn: bool = _f(False, "under torchrun: BatchNorm statistics over the global batch, not each process's "
                               "slice (SyncBatchNorm)")
     deterministic: bool = _f(False, "torch.use_deterministic_algorithms (slower, bitwise repeatable)")
+    tensorboard: bool = _f(False, "also write the per-epoch metrics to RUN/tensorboard for TensorBoard (pip "
+                                  "install 'c100[tensorboard]')")
     eval_batch_size: int = _f(100, "images per evaluation step (100 is fastest on a 2-core CPU; GPUs want ~1000)")
 
     def validate(self) -> TrainConfig:
@@ -238,7 +243,7 @@ def resolve(preset: str | None, config_file: str | None, flags: dict) -> TrainCo
     """Merge defaults, a preset, a YAML file and flags (later wins), then validate."""
     values = {k: f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
               for k, f in FIELDS.items()}
-    values["data_dir"] = os.environ.get("CIFAR100_DATA", values["data_dir"])
+    values["data_dir"] = default_data_dir()
     if preset:
         values = apply(values, load_preset(preset), f"preset {preset}")
     if config_file:

@@ -56,6 +56,8 @@ class Meta:
 
 
 def default_data_dir() -> str:
+    """Where the data set is looked for (and downloaded to) unless --data-dir says otherwise: the one
+    place that reads the CIFAR100_DATA environment variable."""
     return os.environ.get("CIFAR100_DATA", "./data")
 
 
@@ -125,8 +127,9 @@ def parse_split(obj: object, path: Path, expected: int | None) -> Split:
     _require(data.dtype == np.uint8, path, f"'data' has dtype {data.dtype}, expected uint8")
     _require(data.ndim == 2 and data.shape[1] == 3072, path, f"'data' has shape {data.shape}, expected N x 3072")
     n = data.shape[0]
-    if expected is not None:
-        _require(n == expected, path, f"{n} images, expected {expected}")
+    if expected is not None and n != expected:
+        raise UserError(f"{path} holds {n} images, expected {expected}: a partial or wrong file (delete it and "
+                        f"download it again), or a smaller data set of your own (pass --no-check-size)")
     _require(fine.shape == (n,) and coarse.shape == (n,), path, f"label counts differ from the {n} images")
     _require(np.issubdtype(fine.dtype, np.integer) and np.issubdtype(coarse.dtype, np.integer),
              path, "labels are not integers")
@@ -236,19 +239,19 @@ def load_meta(folder: Path) -> list[list[str]]:
     return parse_meta(safe_unpickle(folder / "meta"), folder / "meta")
 
 
-def load_split(folder: Path, name: str) -> Split:
-    # C100_ANY_SIZE=1 admits data sets of other sizes (the tests' small synthetic ones).
-    strict = os.environ.get("C100_ANY_SIZE") != "1"
+def load_split(folder: Path, name: str, check_size: bool = True) -> Split:
+    """One split; with check_size, only of CIFAR-100's own size (50,000 / 10,000 images), which catches
+    a wrong or partial file early. Smaller sets (synthetic ones, subsets) load with check_size=False."""
     path = folder / name
-    return parse_split(safe_unpickle(path), path, SPLIT_COUNTS[name] if strict else None)
+    return parse_split(safe_unpickle(path), path, SPLIT_COUNTS[name] if check_size else None)
 
 
-def load(data_dir: str | os.PathLike, download_ok: bool = True,
-         splits: tuple[str, ...] = ("train", "test")) -> tuple[dict[str, Split], Meta]:
+def load(data_dir: str | os.PathLike, download_ok: bool = True, splits: tuple[str, ...] = ("train", "test"),
+         check_size: bool = True) -> tuple[dict[str, Split], Meta]:
     """Load the named splits and the class names."""
     folder = find(data_dir, download_ok)
     fine_names, coarse_names = load_meta(folder)
-    loaded = {s: load_split(folder, s) for s in splits}
+    loaded = {s: load_split(folder, s, check_size) for s in splits}
     first = next(iter(loaded))
     meta = Meta(fine_names, coarse_names, fine_to_coarse_map(loaded[first], folder / first))
     return loaded, meta

@@ -7,17 +7,14 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
-import torch
 
-from c100 import UserError, checkpoint
-from c100.augment import Normalize, at_size, resize
-from c100.config import from_dict
-from c100.device import select_device
-from c100.evaluate import load_model, predict_logits, resolve_checkpoint
-from c100.models.fold import fold_batchnorm
+from c100 import UserError
+
+if TYPE_CHECKING:
+    from c100.inference import Model
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm"}
 MAX_PIXELS = 64_000_000  # larger images are refused before decoding (a 64-megapixel photo is plenty)
@@ -78,7 +75,16 @@ def decode_image(source: Path | BinaryIO, size: int = 32) -> np.ndarray:
                          f"pixels; downscale it first") from None
     except (OSError, SyntaxError) as e:
         raise ValueError(f"truncated or corrupt image ({str(e).splitlines()[0][:80]})") from None
-    side = min(img.size)  # centre square: CIFAR images are square, and stretching would distort objects
+    return square_array(img, size)
+
+
+def square_array(img, size: int = 32) -> np.ndarray:
+    """An RGB Pillow image -> its centre square, downscaled (antialiased) to 3 x size x size uint8.
+    Centre square: CIFAR images are square, and stretching would distort objects."""
+    from PIL import Image
+
+    img = to_rgb(img)
+    side = min(img.size)
     left, top = (img.width - side) // 2, (img.height - side) // 2
     img = img.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.LANCZOS)
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
@@ -100,74 +106,44 @@ def expand_inputs(inputs: list[str], recursive: bool = False) -> list[Path]:
     return files
 
 
-def _tensor(a: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.require(a, requirements="W"))  # copies read-only arrays (e.g. from Pillow)
+def predict_files(model: Model, files: list[Path], top_k: int = 5, batch_size: int = 256) -> list[Result]:
+    """Top-k labels for each file, batch by batch; a file that cannot be read gets its one-line error and
+    the others are still classified."""
+    results = []
+    for i in range(0, len(files), batch_size):
+        arrays, ok = [], []
+        for f in files[i:i + batch_size]:
+            r = Result(str(f))
+            try:
+                arrays.append(load_image(f))
+                ok.append(r)
+            except ValueError as e:
+                r.error = str(e)
+            results.append(r)
+        if arrays:
+            for r, top in zip(ok, model.predict(np.stack(arrays), top_k), strict=True):
+                r.top = top
+    return results
 
 
 class Predictor:
-    """Top-k labels from uint8 images, whatever runs the network (a checkpoint, safetensors, ONNX)."""
+    """Deprecated: `c100.load(source)` returns a Model with `predict`; kept while the demo moves over."""
 
-    def __init__(self, logits_fn, classes: list[str], superclasses: list[str], fine_to_coarse: list[int]):
-        self.logits = logits_fn  # uint8 N x 3 x 32 x 32 numpy -> float logits torch tensor
-        self.classes, self.superclasses, self.fine_to_coarse = classes, superclasses, fine_to_coarse
-
-    @classmethod
-    def from_checkpoint(cls, source: str | Path, device: str = "cpu", which: str = "last") -> Predictor:
-        ck = resolve_checkpoint(source, which)
-        state = checkpoint.load(ck)
-        dev = select_device(device)
-        cfg = from_dict(state["config"])
-        model = at_size(load_model(state, str(ck), dev, fold=True), cfg.eval_size())
-        norm = Normalize(cfg.normalize, dev)
-        return cls(lambda a: predict_logits(model, _tensor(a), norm), state["classes"],
-                   state["superclasses"], state["fine_to_coarse"])
+    def __init__(self, model: Model):
+        self.model = model
 
     @classmethod
-    def from_export(cls, path: str | Path, device: str = "cpu") -> Predictor:
-        from c100.export import OnnxModel, input_size, load_safetensors, load_sidecar
+    def from_checkpoint(cls, source, device: str = "cpu", which: str = "last") -> Predictor:
+        from c100.inference import load
 
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"weights file {path} not found; pass a .safetensors or .onnx file from `c100 export`")
-        meta = load_sidecar(path)
-        dev = torch.device("cpu") if path.suffix == ".onnx" else select_device(device)  # onnxruntime: CPU
-        norm, size = Normalize(meta["normalize"]["kind"], dev), input_size(meta)
-        if path.suffix == ".onnx":
-            net = OnnxModel(path)
+        return cls(load(source, which, device))
 
-            def run(a: np.ndarray) -> torch.Tensor:
-                return torch.from_numpy(net(resize(norm(_tensor(a)), size).numpy()))
-        else:
-            model = at_size(fold_batchnorm(load_safetensors(path, meta).to(dev)), size)
-
-            def run(a: np.ndarray) -> torch.Tensor:
-                return predict_logits(model, _tensor(a), norm)
-        return cls(run, meta["classes"], meta["superclasses"], meta["fine_to_coarse"])
-
-    def predict(self, files: list[Path], top_k: int = 5, batch_size: int = 256) -> list[Result]:
-        results = []
-        for i in range(0, len(files), batch_size):
-            chunk, arrays, ok = files[i:i + batch_size], [], []
-            for f in chunk:
-                r = Result(str(f))
-                try:
-                    arrays.append(load_image(f))
-                    ok.append(r)
-                except ValueError as e:
-                    r.error = str(e)
-                results.append(r)
-            if arrays:
-                for r, top in zip(ok, self.top(np.stack(arrays), top_k), strict=True):
-                    r.top = top
-        return results
+    from_export = from_checkpoint
 
     def top(self, images: np.ndarray, k: int = 5) -> list[list[dict]]:
-        """For each uint8 image, the k most probable classes: label, superclass, probability."""
-        probs = self.logits(images).float().softmax(1)
-        p, idx = probs.topk(min(k, probs.shape[1]), 1)
-        return [[{"label": self.classes[c], "superclass": self.superclasses[self.fine_to_coarse[c]],
-                  "prob": round(q, 4)} for q, c in zip(pr, ix, strict=True)]
-                for pr, ix in zip(p.tolist(), idx.tolist(), strict=True)]
+        return self.model.predict(images, k)
+
+    predict = top
 
 
 def format_results(results: list[Result]) -> str:

@@ -27,14 +27,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from c100 import UserError, augment, checkpoint, data, distributed
-from c100.augment import AugmentSpec, Normalize, at_size, epoch_generator, eval_batches, resize, steps_per_epoch
+from c100.augment import AugmentSpec, Normalize, epoch_generator, resize, steps_per_epoch
 from c100.config import TrainConfig, apply, from_dict, save_yaml
 from c100.device import autocast, resolve_precision, select_device
+from c100.inference import Model, model_card
 from c100.models import create_model
-from c100.models.cpu_conv import use_gemm_weight_grad
-from c100.models.fold import fold_batchnorm
+from c100.models.cpu_conv import gemm_weight_grad
 from c100.models.resnet import early_parameters
 from c100.models.whiten import stem_conv, whiten_stem
+from c100.progress import TensorBoard, TimeEstimate
 
 WHITEN_IMAGES = 5000  # enough for a stable 27 x 27 patch covariance (5000 x 900 patches)
 CSV_FIELDS = ["epoch", "lr", "res", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_s", "images_per_s",
@@ -52,8 +53,30 @@ class Tensors:
     meta: data.Meta
 
 
+def setup_process(cfg: TrainConfig) -> None:
+    """Process-wide settings, applied once by the entry point (`c100 train`, `c100 tune`): the thread
+    count, deterministic algorithms and the global generator's seed (which nothing in our models
+    draws from after the initialisation, but a user's model with dropout would). Library callers of
+    `train()` decide on these themselves; `train()` never changes them."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    torch.manual_seed(cfg.seed)
+
+
+def prepare(cfg: TrainConfig) -> tuple[TrainConfig, torch.device]:
+    """This process's device (cuda:LOCAL_RANK under torchrun, after joining the process group) and the
+    config with precision "auto" resolved: the run records the precision it really used."""
+    distributed.local_batch(cfg.batch_size)  # the global batch splits evenly: checked before any process waits
+    device = distributed.setup(select_device(cfg.device))
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise UserError("--precision fp16 needs a CUDA GPU; on CPU use bf16 or fp32")
+    return dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device)), device
+
+
 def load_data(cfg: TrainConfig, device: torch.device) -> Tensors:
-    splits, meta = data.load(cfg.data_dir, cfg.download, splits=("train",))
+    splits, meta = data.load(cfg.data_dir, cfg.download, ("train",), cfg.check_size)
     full = splits["train"]
     if cfg.val_size:
         tr, va = data.stratified_split(full.fine, cfg.val_size, cfg.seed)
@@ -71,6 +94,23 @@ def load_data(cfg: TrainConfig, device: torch.device) -> Tensors:
 
     return Tensors(put(train.images), put(train.fine), put(val.images) if val else None,
                    put(val.fine) if val else None, meta)
+
+
+def build_model(cfg: TrainConfig, device: torch.device, train_x: torch.Tensor) -> nn.Module:
+    """The network to train, on `device`: initialised from the seed alone (the global generator is left
+    as it was), its stem whitened and frozen as the config says, in its memory layout."""
+    with torch.random.fork_rng(devices=[]):  # create_model initialises on the CPU
+        torch.manual_seed(cfg.seed)
+        model = create_model(cfg.model).to(device)
+    if cfg.whiten_stem:  # from training images only; the same on every process, so DDP needs no broadcast
+        whiten_stem(model, Normalize(cfg.normalize, device)(train_x[:WHITEN_IMAGES]))
+    if cfg.freeze_stem:  # no gradient, so neither SGD nor weight decay moves it
+        stem_conv(model, "--freeze-stem").weight.requires_grad_(False)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.sync_bn:
+        model = distributed.sync_batchnorm(model, device)
+    return model
 
 
 def peak_lr(cfg: TrainConfig) -> float:
@@ -150,23 +190,13 @@ class EMA:
 
 
 @torch.no_grad()
-def evaluate_loss_acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
-                      norm: Normalize, device: torch.device) -> tuple[float, float]:
+def evaluate_loss_acc(model: Model, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """Loss and accuracy over (x, y), or over every process's (x, y) together: the sums and counts are
-    all-reduced, so each image counts once."""
-    was_training = model.training
-    model.eval()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    for xb, yb in eval_batches(x, y, cfg.eval_batch_size, norm):
-        if cfg.channels_last:
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        with autocast(cfg.precision, device):
-            logits = model(xb)
-        loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum")
-        correct += (logits.argmax(1) == yb).sum()
-    model.train(was_training)
-    sums = torch.stack([loss_sum.double(), correct.double(), torch.tensor(len(y), device=device).double()])
+    all-reduced, so each image counts once. The logits come from the one evaluation loop (Model.logits)."""
+    logits = model.logits(x)
+    loss_sum = F.cross_entropy(logits, y, reduction="sum")
+    correct = (logits.argmax(1) == y).sum()
+    sums = torch.stack([loss_sum.double(), correct.double(), torch.tensor(len(y), device=y.device).double()])
     loss_sum, correct, n = distributed.all_reduce_sum(sums).tolist()
     return loss_sum / n, correct / n
 
@@ -181,109 +211,72 @@ def write_metrics_csv(history: list[dict], path: Path) -> None:
 
 
 class Trainer:
-    """Holds the state of one run; `fit()` trains from state.epoch to cfg.epochs."""
+    """The loop of one run, handed its parts: `fit()` trains from its epoch to cfg.epochs (or to the end
+    of the time budget), validating, saving checkpoints and metrics as it goes. `build_trainer` makes
+    the parts from a config."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, log=print, on_epoch=None):
+    def __init__(self, cfg: TrainConfig, run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 data: Tensors, device: torch.device, log=print, on_epoch=None):
         # on_epoch(trainer, row) runs after each epoch is saved (e.g. Optuna's pruning); may raise
         self.cfg, self.run_dir, self.on_epoch = cfg, Path(run_dir), on_epoch
+        self.model, self.optimizer, self.data, self.device = model, optimizer, data, device
         self.log = log if distributed.is_main() else _quiet  # rank-0 discipline: one voice, one set of files
         self.world, self.rank = distributed.world_size(), distributed.rank()
-        distributed.local_batch(cfg.batch_size)  # the global batch splits evenly: checked before any process waits
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        if cfg.deterministic:
-            torch.use_deterministic_algorithms(True)
-        self.device = distributed.setup(select_device(cfg.device))  # cuda:LOCAL_RANK under torchrun
-        if cfg.precision == "fp16" and self.device.type != "cuda":
-            raise UserError("--precision fp16 needs a CUDA GPU; on CPU use bf16 or fp32")
-        # "auto" resolves here; the run records the precision it really used.
-        self.cfg = cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, self.device))
-        with distributed.main_first():  # rank 0 downloads (if need be); the others then find the files
-            self.data = load_data(cfg, self.device)
-        torch.manual_seed(cfg.seed)  # the initialisation depends on the seed only
-        self.norm = Normalize(cfg.normalize, self.device)
-        self.model = create_model(cfg.model).to(self.device)
-        if cfg.whiten_stem:  # from training images only; the same on every process, so DDP needs no broadcast
-            whiten_stem(self.model, self.norm(self.data.train_x[:WHITEN_IMAGES]))
-        if cfg.freeze_stem:  # no gradient, so neither SGD nor weight decay moves it
-            stem_conv(self.model, "--freeze-stem").weight.requires_grad_(False)
+        self.norm = Normalize(cfg.normalize, device)
+        meta = data.meta
+        self.card = model_card(cfg, meta.fine_names, meta.coarse_names, meta.fine_to_coarse)
         # Frozen from cfg.freeze_early_at on (FreezeOut, Brock et al. 2017): with nothing before them to
         # train, autograd then skips the backward of the stem and layer1, the largest maps.
-        self.early = early_parameters(self.model) if cfg.freeze_early_at else []
+        self.early = early_parameters(model) if cfg.freeze_early_at else []
         if self.early and self.world > 1:
             raise UserError("--freeze-early-at does not run under torchrun (DDP expects every gradient); drop it")
-        if cfg.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        if self.device.type == "cpu" and not cfg.compile:  # the convs fall back to oneDNN's under bf16 autocast
-            use_gemm_weight_grad(self.model)  # 1.4x at 16 px: oneDNN is slow on tiny maps (models/cpu_conv.py)
-        if cfg.sync_bn:
-            self.model = distributed.sync_batchnorm(self.model, self.device)
-        self.optimizer = build_optimizer(cfg, self.model)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
-        self.ema = EMA(self.model, cfg.ema) if cfg.ema else None
+        # oneDNN is slow on tiny maps: the GEMM weight gradient runs the CPU step 1.4x faster at 16 px
+        # (models/cpu_conv.py); under bf16 autocast or compiled, the convolutions stay oneDNN's
+        self.gemm_grad = device.type == "cpu" and not cfg.compile
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+        self.ema = EMA(model, cfg.ema) if cfg.ema else None
         self.spec = AugmentSpec(cfg.translate, cfg.pad_mode, cfg.flip, cfg.cutout)
-        self.per_epoch = steps_per_epoch(len(self.data.train_y), cfg.batch_size)
+        self.per_epoch = steps_per_epoch(len(data.train_y), cfg.batch_size)
         self.total_steps = self.per_epoch * cfg.epochs
         self.step, self.epoch, self.history = 0, 0, []
         self.best_acc, self.best_state = -1.0, None
         self.clock = 0.0  # seconds spent training (evaluation, checkpoints and compilation not included)
         self.compile_s = 0.0  # one-time cost of compilation and warm-up, measured apart
         self.target: dict | None = None  # when val accuracy first reached cfg.target_acc
-        self.l2_params = [p for p in self.model.parameters() if p.requires_grad] if cfg.l2 else []
+        self.l2_params = [p for p in model.parameters() if p.requires_grad] if cfg.l2 else []
         mode = None if cfg.compile_mode == "default" else cfg.compile_mode
         # DDP (under torchrun) averages the gradients in backward; compiling the DDP module lets dynamo
         # split the graph at the gradient buckets so communication overlaps the backward pass.
-        self.ddp = distributed.wrap(self.model, self.device)
+        self.ddp = distributed.wrap(model, device)
         # dynamic=False: one static graph per training resolution (progressive resizing) rather than a
         # slower shape-generic graph after the second shape.
         self.forward = torch.compile(self.ddp, mode=mode, dynamic=False) if cfg.compile else self.ddp
+        self.estimate = TimeEstimate(self.total_steps, cfg.time_budget, device.type == "cpu", cfg.resolutions, self.log)
+        self.tensorboard = TensorBoard(self.run_dir) if cfg.tensorboard and distributed.is_main() else None
         self.flip_start = None
         if cfg.alt_flip:  # which images start mirrored: fixed by the seed, so resumed runs agree
-            g = epoch_generator(cfg.seed, -1, self.device)
-            self.flip_start = torch.rand(len(self.data.train_y), device=self.device, generator=g) < 0.5
+            g = epoch_generator(cfg.seed, -1, device)
+            self.flip_start = torch.rand(len(data.train_y), device=device, generator=g) < 0.5
 
     # -- state ----------------------------------------------------------------------------------
+    def progress_state(self) -> dict:
+        return {"step": self.step, "total_steps": self.total_steps, "epoch": self.epoch, "history": self.history,
+                "best_val_acc": self.best_acc if self.best_acc >= 0 else None, "clock_s": self.clock,
+                "compile_s": self.compile_s, "target": self.target}
+
     def state(self, finished: bool) -> dict:
-        meta = self.data.meta
-        return {
-            "format": checkpoint.FORMAT_VERSION,
-            "arch": self.cfg.model,
-            "model": self.model.state_dict(),
-            "ema": self.ema.model.state_dict() if self.ema else None,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": {"step": self.step, "total_steps": self.total_steps},
-            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            "epoch": self.epoch,
-            "finished": finished,
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-            "config": self.cfg.to_dict(),
-            "classes": meta.fine_names,
-            "superclasses": meta.coarse_names,
-            "fine_to_coarse": meta.fine_to_coarse,
-            "history": self.history,
-            "best_val_acc": self.best_acc if self.best_acc >= 0 else None,
-            "clock_s": self.clock,
-            "compile_s": self.compile_s,
-            "target": self.target,
-        }
+        return checkpoint.training_state(self.cfg.to_dict(), self.model, self.ema.model if self.ema else None,
+                                         self.optimizer, self.scaler, self.data.meta, self.progress_state(),
+                                         finished)
 
     def restore(self, state: dict) -> None:
-        src = str(self.run_dir / "last.pt")
-        checkpoint.load_weights(self.model, state["model"], src, self.cfg.model)
-        if self.ema and state.get("ema") is not None:
-            self.ema.model.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler") and self.scaler.is_enabled():
-            self.scaler.load_state_dict(state["scaler"])
-        self.step, self.epoch = state["scheduler"]["step"], state["epoch"]
-        self.history = list(state["history"])
-        self.best_acc = state["best_val_acc"] if state.get("best_val_acc") is not None else -1.0
-        self.clock, self.target = state.get("clock_s", 0.0), state.get("target")
-        self.compile_s += state.get("compile_s", 0.0)
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"].get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        """Every state of the loop from a checkpoint (the global generator is the caller's: resume())."""
+        p = checkpoint.restore_training(state, self.model, self.ema.model if self.ema else None, self.optimizer,
+                                        self.scaler, str(self.run_dir / "last.pt"))
+        self.step, self.epoch, self.history = p["step"], p["epoch"], p["history"]
+        self.best_acc = p["best_val_acc"] if p["best_val_acc"] is not None else -1.0
+        self.clock, self.target = p["clock_s"], p["target"]
+        self.compile_s += p["compile_s"]
 
     def save(self, finished: bool) -> None:
         if not distributed.is_main():
@@ -333,12 +326,13 @@ class Trainer:
         cfg = self.cfg
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(cfg.precision, self.device):
-            logits = self.forward(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-        total = loss + cfg.l2 * l2_penalty(self.l2_params) if cfg.l2 else loss
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
+        with gemm_weight_grad(self.gemm_grad):
+            with autocast(cfg.precision, self.device):
+                logits = self.forward(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            total = loss + cfg.l2 * l2_penalty(self.l2_params) if cfg.l2 else loss
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(total).backward()
         if cfg.grad_clip:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -403,6 +397,7 @@ class Trainer:
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
             self.clock = self.agree(clock0 + time.perf_counter() - t0)
+            self.estimate.after_step(self.step, self.clock)
         bar.close()
         # over every process's images; .item() (in tolist) waits for the device
         sums = torch.stack([loss_sum.double(), correct.double(), torch.tensor(seen, device=dev).double()])
@@ -429,18 +424,22 @@ class Trainer:
             self.history.append({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
             self.save(finished=last)
             self.log(format_row(row))
+            if self.tensorboard:
+                self.tensorboard.epoch(self.history[-1])
             if self.on_epoch:
                 self.on_epoch(self, self.history[-1])
+        if self.tensorboard:
+            self.tensorboard.close()
         return self.history[-1] if self.history else {}
 
     def validate(self) -> tuple[float, float]:
         """Validation loss and accuracy (of the EMA weights when kept); tracks best and target."""
         judged = self.ema.model if self.ema else self.model
         distributed.broadcast_buffers(judged)  # one model judged: rank 0's BN statistics everywhere
-        # BatchNorm folded into the convolutions of a copy: 1.1x faster on the CPU, same outputs; the
-        # images at the size the model is evaluated at (the last training resolution unless set)
-        net = at_size(fold_batchnorm(judged), self.cfg.eval_size())
-        val_loss, val_acc = evaluate_loss_acc(net, self.data.val_x, self.data.val_y, self.cfg, self.norm, self.device)
+        # as `evaluate` sees it: BatchNorm folded into a copy, the images at the size the model is
+        # evaluated at (the last training resolution unless set); in the training precision
+        model = Model(self.card, judged, device=self.device, precision=self.cfg.precision)
+        val_loss, val_acc = evaluate_loss_acc(model, self.data.val_x, self.data.val_y)
         if val_acc > self.best_acc:  # the same all-reduced accuracy on every process
             self.best_acc = val_acc
             if distributed.is_main():  # the only one that writes best.pt
@@ -474,11 +473,21 @@ def _check_fresh(run_dir: Path) -> None:
                         f"--resume {run_dir} to continue it")
 
 
+def build_trainer(cfg: TrainConfig, run_dir: Path | str, log=print, on_epoch=None) -> Trainer:
+    """A Trainer with its parts made from `cfg`: device, data on the device, model, optimizer."""
+    cfg, device = prepare(cfg)
+    with distributed.main_first():  # rank 0 downloads (if need be); the others then find the files
+        tensors = load_data(cfg, device)
+    model = build_model(cfg, device, tensors.train_x)
+    return Trainer(cfg, Path(run_dir), model, build_optimizer(cfg, model), tensors, device, log, on_epoch)
+
+
 def train(cfg: TrainConfig, run_dir: Path | str, log=print, on_epoch=None) -> Trainer:
+    """Train a new run into `run_dir` (which must not hold anything yet)."""
     run_dir = Path(run_dir)
     _check_fresh(run_dir)
-    trainer = Trainer(cfg, run_dir, log, on_epoch)  # loads data first: a bad data dir leaves no folder
-    if distributed.is_main():  # every process has checked the folder (Trainer waits at a barrier)
+    trainer = build_trainer(cfg, run_dir, log, on_epoch)  # loads data first: a bad data dir leaves no folder
+    if distributed.is_main():  # every process has checked the folder (loading the data waits at a barrier)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(trainer.cfg.to_dict(), run_dir / "config.yaml")
         env = dict(checkpoint.environment(trainer.device), processes=trainer.world)
@@ -497,8 +506,12 @@ def _warm_up(trainer: Trainer) -> None:
         trainer.log(f"compiled and warmed up in {trainer.warm_up():.1f} s (one-time cost, not in the training clock)")
 
 
-def resume(run_dir: Path | str, overrides: dict | None = None, log=print) -> Trainer:
-    """Continue a run from its last.pt. Only where-to-run settings may change on resume."""
+# where to run and what to log, not what to train
+RESUMABLE = ("device", "threads", "data_dir", "download", "check_size", "tensorboard")
+
+
+def resume_point(run_dir: Path | str, overrides: dict | None = None) -> tuple[TrainConfig, dict]:
+    """The config and last checkpoint of a killed run. Only where-to-run settings may change on resume."""
     run_dir = Path(run_dir)
     if not (run_dir / "last.pt").is_file():
         raise UserError(f"nothing to resume in {run_dir}: no last.pt (a run saves it after its first epoch); "
@@ -508,16 +521,21 @@ def resume(run_dir: Path | str, overrides: dict | None = None, log=print) -> Tra
         raise UserError(f"run {run_dir} already finished all {state['epoch']} epochs; nothing to resume "
                         f"(start a new run with another --out)")
     values = dict(state["config"])
-    allowed = {"device", "threads", "data_dir", "download"}
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     for k, v in apply({}, given, "flag").items():
-        if k not in allowed:
+        if k not in RESUMABLE:
             raise UserError(f"--{k.replace('_', '-')} cannot change when resuming (the run's config is fixed); "
-                            f"only --device, --threads, --data-dir may")
+                            f"only {', '.join('--' + r.replace('_', '-') for r in RESUMABLE)} may")
         values[k] = v
-    cfg = from_dict(values).validate()
-    trainer = Trainer(cfg, run_dir, log)
+    return from_dict(values).validate(), state
+
+
+def resume(run_dir: Path | str, overrides: dict | None = None, log=print) -> Trainer:
+    """Continue a run from its last.pt: it ends with the weights a straight run would have."""
+    cfg, state = resume_point(run_dir, overrides)
+    trainer = build_trainer(cfg, run_dir, log)
     trainer.restore(state)
+    checkpoint.restore_rng(state)  # the global generators as they were when the checkpoint was written
     trainer.log(f"resuming {run_dir} at epoch {trainer.epoch}/{cfg.epochs}")
     _warm_up(trainer)
     trainer.fit()

@@ -260,7 +260,7 @@ def make_objective(space: Space, study_dir: Path, where: dict, log):
     numbers, and the last epoch is what `c100 train --config best.yaml` delivers."""
     import optuna
 
-    from c100.train import train
+    from c100.train import setup_process, train
 
     def objective(trial) -> float:
         values = suggest(trial, space.params)
@@ -280,6 +280,7 @@ def make_objective(space: Space, study_dir: Path, where: dict, log):
                 raise optuna.TrialPruned(f"val acc {row['val_acc']:.2%} at epoch {row['epoch']}")
 
         run_dir = study_dir / f"trial-{trial.number:04d}"
+        setup_process(cfg)  # tune is the entry point: each trial's threads and seed
         try:
             trainer = train(cfg, run_dir, log=lambda m: log(f"trial {trial.number}: {m}"), on_epoch=on_epoch)
         except KeyboardInterrupt:

@@ -4,16 +4,20 @@ On an AVX2 CPU oneDNN computes the weight gradient of a 3x3 convolution on a tin
 for ResNet18's last stage at 16 px training (512 channels, 2x2 pixels, batch 64) it takes 121 ms,
 against 18 ms as one GEMM over the unfolded input patches, and 16 ms for the forward pass
 (benchmarks/results/conv-backward-cpu.json). On larger maps oneDNN wins. A whole training step runs
-1.37x faster at 16 px, 1.03x at 24 px and 1.02x at 32 px (same file). So `GemmGradConv2d` keeps
+1.37x faster at 16 px, 1.03x at 24 px and 1.02x at 32 px (same file). So the GEMM path keeps
 oneDNN for the forward pass and the input gradient, and computes the weight gradient as a GEMM when
 the output map has at most `MAX_GEMM_PIXELS` pixels. Same math, so same results up to float rounding.
+The training step enters `gemm_weight_grad()`, a torch function mode that routes the model's own
+F.conv2d calls through it; the model itself stays plain nn.Conv2d.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 MAX_GEMM_PIXELS = 16  # 4x4 and below: 512 ch at 4x4 71 vs 131 ms; 256 ch at 4x4 about even (21 vs 18)
 
@@ -54,31 +58,31 @@ class _GemmWeightGradConv(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None
 
 
-class GemmGradConv2d(nn.Conv2d):
-    """nn.Conv2d (same parameters and state dict) with the GEMM weight gradient for small maps.
-    Plain convolutions only (no groups or dilation, zero padding), fp32 only: elsewhere it is nn.Conv2d."""
+class GemmWeightGrad(TorchFunctionMode):
+    """Within this context, every plain 2-D convolution (no groups or dilation, zero padding) run with
+    gradients in fp32 on the CPU takes the GEMM weight gradient for small maps. The model is not
+    touched: it stays a model of nn.Conv2d, which is what torch.fx, export and checkpoints expect.
+    Under autocast (bf16) the convolutions run as before."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32 and \
-                not torch.is_autocast_enabled("cpu"):
-            return _GemmWeightGradConv.apply(x, self.weight, self.bias, self.stride, self.padding)
-        return super().forward(x)
-
-
-def use_gemm_weight_grad(model: nn.Module) -> int:
-    """Switch the model's plain convolutions to GemmGradConv2d in place; returns how many."""
-    n = 0
-    for m in model.modules():
-        if type(m) is nn.Conv2d and m.groups == 1 and m.dilation == (1, 1) and m.padding_mode == "zeros" \
-                and isinstance(m.padding, tuple):
-            m.__class__ = GemmGradConv2d  # same attributes and parameters: only forward changes
-            n += 1
-    return n
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.conv2d and not kwargs and _plain(*args):
+            x, weight, bias, stride, padding = args[:5]
+            return _GemmWeightGradConv.apply(x, weight, bias, _pair(stride), _pair(padding))
+        return func(*args, **kwargs)
 
 
-def use_plain_conv(model: nn.Module) -> None:
-    """Undo use_gemm_weight_grad in place: back to nn.Conv2d (which graph tools such as torch.fx match
-    by exact type)."""
-    for m in model.modules():
-        if isinstance(m, GemmGradConv2d):
-            m.__class__ = nn.Conv2d
+def _plain(x=None, weight=None, bias=None, stride=1, padding=0, dilation=1, groups=1) -> bool:
+    return (isinstance(x, torch.Tensor) and torch.is_grad_enabled() and x.device.type == "cpu"
+            and x.dtype == torch.float32 and weight.dtype == torch.float32 and weight.requires_grad
+            and not torch.is_autocast_enabled("cpu") and groups == 1 and _pair(dilation) == (1, 1)
+            and not isinstance(padding, str))
+
+
+def _pair(v) -> tuple[int, int]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def gemm_weight_grad(enabled: bool = True):
+    """The context the CPU training step runs in (a no-op context when not enabled)."""
+    return GemmWeightGrad() if enabled else contextlib.nullcontext()

@@ -20,14 +20,11 @@ import torch.nn as nn
 from torch.fx.experimental.optimization import fuse
 from torch.fx.proxy import TraceError
 
-from c100.models.cpu_conv import use_plain_conv
-
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """An eval-mode copy of `model` with every BatchNorm2d that directly follows an nn.Conv2d merged
     into it; the model itself is left as it is."""
     folded = copy.deepcopy(model).eval()
-    use_plain_conv(folded)  # GemmGradConv2d differs only in its training backward; fx matches exact types
     # 1x1 weights are contiguous in both layouts: the 3x3 ones tell which the model uses
     channels_last = any(m.weight.shape[2] > 1 and m.weight.is_contiguous(memory_format=torch.channels_last)
                         for m in folded.modules() if isinstance(m, nn.Conv2d))
