@@ -6,10 +6,10 @@ each direction. Two parts, both on random tensors (only shapes matter for speed)
 2. every stage's 3x3 stride-1 convolution alone (batch, channels, pixels as in ResNet18 at that
    resolution, channels_last like the cpu-fast preset): forward, the input gradient and the weight
    gradient as oneDNN computes them (aten.convolution_backward), and the weight gradient as one GEMM
-   over unfolded patches (models/cpu_conv.weight_grad_gemm, what GemmGradConv2d runs). Rounds
+   over unfolded patches (models/cpu_conv.weight_grad_gemm, what the trainer's CPU step runs). Rounds
    alternate between the four; medians are reported, with the GEMM result's largest error against oneDNN;
 3. whole training steps of two copies of ResNet18, one with every convolution gradient by oneDNN,
-   one with GemmGradConv2d (models/cpu_conv.py: the GEMM weight gradient on maps of at most 16
+   one under gemm_weight_grad() (models/cpu_conv.py: the GEMM weight gradient on maps of at most 16
    pixels), alternating, same inputs: images per second and the ratio, medians of the rounds.
 
     python benchmarks/conv_backward.py --res 16 32 --rounds 5
@@ -32,21 +32,23 @@ from torch.profiler import ProfilerActivity, profile
 
 from c100 import checkpoint
 from c100.models import create_model
-from c100.models.cpu_conv import use_gemm_weight_grad, weight_grad_gemm
+from c100.models.cpu_conv import gemm_weight_grad, weight_grad_gemm
 
 NHWC = torch.channels_last
 
 
-def sgd_step(model: nn.Module, res: int, batch: int):
-    """A closure running one training step (forward, backward, SGD) of `model` on fixed random data."""
+def sgd_step(model: nn.Module, res: int, batch: int, gemm: bool = False):
+    """A closure running one training step (forward, backward, SGD) of `model` on fixed random data; with
+    `gemm`, inside gemm_weight_grad() as the trainer's CPU step runs."""
     x = torch.randn(batch, 3, res, res).contiguous(memory_format=NHWC)
     y = torch.randint(0, 100, (batch,))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
 
     def step():
-        loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        with gemm_weight_grad(gemm):
+            loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
         opt.step()
 
     return step
@@ -72,11 +74,10 @@ def step_shares(res: int, batch: int, steps: int) -> dict:
 def step_speedup(res: int, batch: int, rounds: int) -> dict:
     onednn = create_model("resnet18").to(memory_format=NHWC)
     gemm = copy.deepcopy(onednn)
-    use_gemm_weight_grad(gemm)
     steps = {}
     for name, model in (("onednn", onednn), ("gemm", gemm)):
         torch.manual_seed(res)  # the same images and labels for both
-        steps[name] = sgd_step(model, res, batch)
+        steps[name] = sgd_step(model, res, batch, gemm=name == "gemm")
     times = {k: [] for k in steps}
     for step in steps.values():
         step(), step()
