@@ -67,6 +67,18 @@ def proc_status(pid: int) -> dict:
             "threads": int(re.search(r"^Threads:\s+(\d+)", text, re.M).group(1))}
 
 
+def cpu_ticks(pid: int) -> tuple[int, int]:
+    """(busy clock ticks of the whole machine, of this process plus process pid): their difference
+    over the run is what other work on the machine took."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    busy = sum(int(x) for i, x in enumerate(fields[:8]) if i not in (3, 4))  # all but idle and iowait
+    ours = 0
+    for p in ("self", str(pid)):
+        stat = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        ours += int(stat[11]) + int(stat[12])  # utime, stime
+    return busy, ours
+
+
 def start_server(weights: str) -> tuple[subprocess.Popen, str, int]:
     proc = subprocess.Popen([sys.executable, "-c", SERVER, weights], stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()  # "serving on http://127.0.0.1:PORT  (Ctrl-C stops)", once listening
@@ -129,7 +141,7 @@ def main() -> int:
     args = ap.parse_args()
 
     bodies = pngs(64)
-    load_before = os.getloadavg()  # other work on the machine takes cores from the server: recorded
+    load_before = os.getloadavg()
     proc, host, port = start_server(args.weights)
     try:
         conn = http.client.HTTPConnection(host, port, timeout=60)
@@ -142,6 +154,7 @@ def main() -> int:
 
         latencies, errors, lock = [], collections.Counter(), threading.Lock()
         budget = iter(range(args.max_requests))  # next() on a range iterator is atomic under the GIL
+        ticks_before = cpu_ticks(proc.pid)
         start = time.perf_counter()
         stop_at = start + args.duration
         threads = [threading.Thread(target=client, args=(host, port, bodies, k * 7, stop_at, budget, latencies,
@@ -151,6 +164,7 @@ def main() -> int:
         for t in threads:
             t.join()
         elapsed = time.perf_counter() - start
+        ticks_after = cpu_ticks(proc.pid)
         after = proc_status(proc.pid)
     finally:
         proc.send_signal(signal.SIGINT)
@@ -159,6 +173,10 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
 
+    # other work on the machine takes cores from the server and the clients: its share is recorded
+    machine = elapsed * os.sysconf("SC_CLK_TCK") * os.cpu_count()
+    other = (ticks_after[0] - ticks_before[0] - (ticks_after[1] - ticks_before[1])) / machine
+    ours = (ticks_after[1] - ticks_before[1]) / machine
     lat_ms = np.array(latencies) * 1000
     pct = {f"p{q}": float(np.percentile(lat_ms, q)) for q in (50, 90, 99)} if len(lat_ms) else {}
     result = {
@@ -171,7 +189,7 @@ def main() -> int:
                        "max": float(lat_ms.max()) if len(lat_ms) else None},
         "server_rss_mb_after_warmup": before["rss_mb"], "server_peak_rss_mb": after["peak_rss_mb"],
         "server_threads_at_end": after["threads"], "image": "32x32 RGB PNG, ~3 KB",
-        "load_average_before": list(load_before), "load_average_after": list(os.getloadavg()),
+        "cpu_share_this_test": ours, "cpu_share_other_work": max(0.0, other), "load_average_before": list(load_before),
     }
     out = Path(args.out)
     checkpoint.atomic_write_json(out, result)
@@ -188,8 +206,9 @@ def main() -> int:
         f"date:     {result['date']}",
         f"cpu:      {result['device']}",
         f"git:      {result['git']}",
-        f"machine load average (1, 5, 15 min) before: {' '.join(f'{x:.2f}' for x in load_before)}, after: "
-        f"{' '.join(f'{x:.2f}' for x in result['load_average_after'])}",
+        f"machine:  load average before {' '.join(f'{x:.2f}' for x in load_before)} (1, 5, 15 min); during the "
+        f"run this test (server + clients) used {100 * ours:.0f}% of all cores' time, other work "
+        f"{100 * result['cpu_share_other_work']:.0f}%",
         "versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
         f"load:     {args.clients} clients, keep-alive, 32x32 PNGs to POST /api/predict, {args.duration:g} s "
         f"(cap {args.max_requests} requests{', reached' if result['capped'] else ''}); client threads share "
