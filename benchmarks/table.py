@@ -233,6 +233,8 @@ def readme_table(records: list[dict]) -> str:
     lines = ["| record | hardware | precision | training clock / in all, with the test pass (worst seed) | "
              "test top-1 (mean +- std) | result |", "|---|---|---|---|---|---|"]
     for r in sorted(records, key=lambda r: r["_entry"]["_pos"]):
+        if r["_entry"].get("row") and r.get("benchmark") == "shipped-weights":
+            lines.append(shipped_row(r))
         if not r["_entry"].get("row") or r.get("test_top1_mean") is None:
             continue
         clock = f"{r['time_budget']:g} s / " if r.get("time_budget") else ""
@@ -241,6 +243,16 @@ def readme_table(records: list[dict]) -> str:
                      f"{_pct(r['test_top1_mean'], r['test_top1_std'], len(r['seeds']))} | "
                      f"[{Path(r['_file']).name}](benchmarks/results/{r['_file']}) |")
     return "\n".join(lines)
+
+
+def shipped_row(r: dict) -> str:
+    """The shipped weights re-measured (benchmarks/shipped_weights.py): one model, every backend agreeing."""
+    t, tops = r["trained"], {f"{100 * x['top1']:.2f}" for x in r["rows"]}
+    agree = " (the same through " + " and ".join(x["backend"] for x in r["rows"]) + ")" if len(tops) == 1 else ""
+    return (f"| {r['_entry']['row']} | trained on {t['device']}, re-measured on {r['device']} | trained {t['precision']}, "
+            f"weights {r['dtype']}, evaluated fp32 | {t['time_budget']:g} s of training | "
+            f"{100 * r['test_top1']:.2f} % (1 model; {100 * r['rows'][0]['tta_top1']:.2f} % with flip TTA){agree} | "
+            f"[{Path(r['_file']).name}](benchmarks/results/{r['_file']}) |")
 
 
 def _others(entries: list[dict]) -> str:
