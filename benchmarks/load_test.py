@@ -38,10 +38,9 @@ from c100 import checkpoint
 
 SERVER = """
 import sys
-from c100.export import resolve_weights
-from c100.predict import Predictor
+import c100
 from c100.serve import serve
-serve(Predictor.from_export(resolve_weights(sys.argv[1])), "127.0.0.1", 0)
+serve(c100.load(sys.argv[1], device="cpu"), "127.0.0.1", 0)
 """
 
 
@@ -135,7 +134,8 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=30.0, help="seconds of timed load")
     ap.add_argument("--max-requests", type=int, default=20_000, help="hard cap on timed requests, all clients")
     ap.add_argument("--warmup", type=int, default=20, help="requests sent one by one first, not timed")
-    ap.add_argument("--weights", default="default", help="a .safetensors or .onnx file, or default: the shipped")
+    ap.add_argument("--weights", default="default",
+                    help="what c100.load takes: default (the shipped ResNet18), a run folder, .pt, .safetensors, .onnx")
     ap.add_argument("--out", default="benchmarks/results/records/load-test-cpu.json",
                     help="result JSON; a human-readable NAME.log is written beside it")
     args = ap.parse_args()

@@ -96,11 +96,11 @@ def test_decode_image_returns_an_image_or_a_one_line_value_error(raw):
 def client(tiny_run):
     from starlette.testclient import TestClient
 
-    from c100.predict import Predictor
+    import c100
     from c100.serve import create_app
 
     # raise_server_exceptions: a traceback inside the app fails the test with that traceback
-    with TestClient(create_app(Predictor.from_checkpoint(tiny_run), max_bytes=4096),
+    with TestClient(create_app(c100.load(tiny_run, device="cpu"), max_bytes=4096),
                     raise_server_exceptions=True) as c:
         yield c
 

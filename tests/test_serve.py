@@ -1,6 +1,5 @@
 import io
 import json
-import os
 import re
 import shutil
 import signal
@@ -16,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import c100
 from c100 import UserError
-from c100.predict import Predictor
 from c100.serve import create_app, gallery, is_loopback, serve, serve_in_thread, warn_if_exposed
 
 
@@ -38,8 +37,7 @@ def _post(url: str, body: bytes) -> tuple[int, dict]:
 
 @pytest.fixture(scope="module")
 def predictor(tiny_run):
-    os.environ["C100_ANY_SIZE"] = "1"
-    return Predictor.from_checkpoint(tiny_run)
+    return c100.load(tiny_run, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +57,7 @@ def test_page_and_prediction(server):
         assert json.loads(r.read()) == {"ok": True}
     status, out = _post(url, _png(1))
     assert status == 200 and len(out["top"]) == 5
-    direct = predictor.top(np.asarray(Image.open(io.BytesIO(_png(1))).resize((32, 32), Image.Resampling.LANCZOS))
+    direct = predictor.predict(np.asarray(Image.open(io.BytesIO(_png(1))).resize((32, 32), Image.Resampling.LANCZOS))
                            .transpose(2, 0, 1)[None])[0]
     assert [t["label"] for t in out["top"]] == [t["label"] for t in direct]
 
@@ -239,10 +237,8 @@ def test_client_vanishing_mid_upload_leaves_the_server_well(strict):
 # --- the page, the warning, the port ---------------------------------------------------------------
 
 class _Stub:
-    def top(self, images, k=5):
+    def predict(self, images, k=5):
         return [[{"label": "apple", "superclass": "fruit and vegetables", "prob": 1.0}] for _ in images]
-
-    predict = top  # the name the coming c100.inference model object gives it
 
 
 def test_gallery_data_is_escaped_in_the_page():
@@ -282,7 +278,7 @@ def test_port_taken_is_a_one_line_user_error():
 
 def test_serve_prints_its_address_and_stops_on_ctrl_c():
     code = ("from c100.serve import serve\n"
-            "class P:\n    def top(self, images, k=5): return []\n    predict = top\n"
+            "class P:\n    def predict(self, images, k=5): return []\n"
             "serve(P(), '127.0.0.1', 0)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
