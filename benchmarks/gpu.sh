@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
-# The GPU records in one command: probe training throughput at several batch sizes, then run the
-# gpu-fast and gpu-best presets for the seeds that fit, each seed trained from scratch and its final
-# model evaluated once on the test set. Results (JSON, logs, per-epoch CSVs) go to $OUT when set
-# (the device machine returns at most 8 files, so the CSVs and per-batch probes travel in one
-# tarball), else to benchmarks/results/records/gpu-DATE/ (add them to results/index.yaml).
+# The GPU records in one command, in priority order, each part's results written to $OUT as soon as the
+# part ends (a run cut short keeps what finished; record.py also rewrites its JSON after every seed):
+#   probe  training img/s of ResNet18 at several batch sizes (bf16, eager: trainer and bare loop), and
+#          eager vs compiled at one batch                                     -> probe.json
+#   fast   the gpu-fast preset, FAST_SEEDS                                      -> gpu-fast.json, .tgz
+#   best   the gpu-best preset, BEST_SEEDS, and its weights (fp16 safetensors, split in parts of at most
+#          15 MiB; the sha256 and the model card are in gpu-best.tgz)        -> gpu-best.json, .tgz, parts
+#   seed   the homework's `seed` preset at full length (needs a GPU run of its own) -> seed.json, .tgz
+# Everything printed also goes to gpu.log. At most 8 files come back from the device machine: probe,
+# fast and best leave exactly 8 (gpu.log, probe.json, 2 x (JSON + tgz), 2 weight parts).
 #
-#   bash benchmarks/gpu.sh                          # everything, defaults below
-#   PARTS="fast" FAST_SEEDS="0 1 2 3" bash benchmarks/gpu.sh
-#   PARTS="best" BEST_BUDGET=900 bash benchmarks/gpu.sh   # the 15-minute attempt
-#   CPU dry run of the plumbing (synthetic data, seconds of training):
-#   C100_ANY_SIZE=1 CIFAR100_DATA=/tmp/syn PROBE_BATCHES=32 PROBE_STEPS=2 FAST_SEEDS=0 \
-#     EXTRA_SET="time_budget=3 compile=false val_size=100" OUT=/tmp/gpu-dry bash benchmarks/gpu.sh
+#   bash benchmarks/gpu.sh                           # probe, fast, best (~9 min on an H100/H200)
+#   PARTS=seed bash benchmarks/gpu.sh                # the homework's 150 epochs, alone
+#   PARTS="best" BEST_BUDGET=900 bash benchmarks/gpu.sh
+# Joining the returned weights:   cat gpu-best-s0.safetensors.part-* > gpu-best-s0.safetensors &&
+#   tar xzf gpu-best.tgz && sha256sum -c gpu-best-s0.safetensors.sha256
 #
 # On the lent GPU machine (see ../shared/gpu/README.md), after staging the data:
 #   bash .c100-3/stage.sh && bash benchmarks/gpu.sh
-# Timing: probe ~1 min, gpu-fast ~40 s per seed (+ compilation), gpu-best BEST_BUDGET + ~1 min.
+# tests/test_benchmarks.py runs every part as a CPU dry run on synthetic data, seconds of training (the
+# compiled probe, minutes of compilation on a CPU, left out; see DRY_RUN below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,41 +30,81 @@ FAST_SEEDS=${FAST_SEEDS:-"0 1 2"}
 BEST_SEEDS=${BEST_SEEDS:-"0"}
 BEST_BUDGET=${BEST_BUDGET:-300}
 PROBE_BATCHES=${PROBE_BATCHES:-"256 512 1024"}
-PROBE_STEPS=${PROBE_STEPS:-20}
-EXTRA_SET=${EXTRA_SET:-}  # config overrides for both presets, e.g. for a CPU dry run of this script
+PROBE_ARGS=${PROBE_ARGS:-"--steps 20 --rounds 5"}
+PROBE_COMPILE_BATCH=${PROBE_COMPILE_BATCH-512}  # eager vs compiled at this batch (empty: skip)
+EXTRA_SET=${EXTRA_SET:-}  # config overrides for every preset, e.g. for the CPU dry run
+RUNS=${RUNS:-benchmarks/runs}
 DEST=${OUT:-benchmarks/results/records/gpu-$(date -u +%Y%m%d-%H%M)}
-WORK=$(mktemp -d)
+PART_MIB=15
 mkdir -p "$DEST"
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}
 PY=${PYTHON:-python3}
+LOG="$DEST/gpu.log"
 
 {
-  echo "date: $(date -u +%FT%TZ)  git: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo "date: $(date -u +%FT%TZ)  git: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)  parts: $PARTS"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
   $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
-} | tee "$DEST/gpu.log"
+} | tee "$LOG"
+
+# record PRESET NAME SEEDS [--set ...]: train and test each seed; NAME.json lands in $DEST at once, the
+# per-epoch CSVs in NAME.tgz when the part ends
+record() {
+  local preset=$1 name=$2 seeds=$3 work
+  shift 3
+  work=$(mktemp -d)
+  # shellcheck disable=SC2086
+  $PY benchmarks/record.py --preset "$preset" --name "$name" --seeds $seeds --data-dir "$DATA" --runs "$RUNS" \
+    --out "$DEST" "$@" 2>&1 | tee -a "$LOG"
+  mv "$DEST/$name"-s*-metrics.csv "$work"/ 2>/dev/null || true
+  echo "$work"
+}
+
+pack() {  # pack NAME WORKDIR: the part's details as one file
+  tar czf "$DEST/$1.tgz" -C "$2" . && rm -rf "$2"
+}
 
 for part in $PARTS; do
+  echo "== $part ($(date -u +%T))" | tee -a "$LOG"
   case $part in
     probe)
+      work=$(mktemp -d)
       for b in $PROBE_BATCHES; do
-        $PY benchmarks/throughput.py --data-dir "$DATA" --batch-size "$b" --steps "$PROBE_STEPS" --rounds 5 \
-          --out "$WORK/throughput-gpu-bs$b.json" 2>&1 | tee -a "$DEST/gpu.log"
-      done ;;
+        # shellcheck disable=SC2086
+        $PY benchmarks/throughput.py --data-dir "$DATA" --batch-size "$b" $PROBE_ARGS \
+          --out "$work/throughput-bs$b.json" 2>&1 | tee -a "$LOG"
+      done
+      if [ -n "$PROBE_COMPILE_BATCH" ]; then
+        $PY benchmarks/compile_speed.py --data-dir "$DATA" --batch-size "$PROBE_COMPILE_BATCH" --steps 10 --rounds 3 \
+          --out "$work/compile-bs$PROBE_COMPILE_BATCH.json" 2>&1 | tee -a "$LOG"
+      fi
+      $PY -c "import json, sys; json.dump([json.load(open(f)) for f in sys.argv[1:]], open('$DEST/probe.json', 'w'), indent=1)" \
+        "$work"/*.json
+      rm -rf "$work" ;;
     fast)
       # shellcheck disable=SC2086
-      $PY benchmarks/record.py --preset gpu-fast --seeds $FAST_SEEDS --target-acc 0.75 --data-dir "$DATA" \
-        --set $EXTRA_SET --out "$WORK" 2>&1 | tee "$DEST/gpu-fast.log" ;;
+      work=$(record gpu-fast gpu-fast "$FAST_SEEDS" --target-acc 0.75 --set $EXTRA_SET | tail -n 1)
+      pack gpu-fast "$work" ;;
     best)
-      name=gpu-best; [ "$BEST_BUDGET" = 300 ] || name=gpu-best-${BEST_BUDGET}s
       # shellcheck disable=SC2086
-      $PY benchmarks/record.py --preset gpu-best --name "$name" --seeds $BEST_SEEDS --target-acc 0.80 \
-        --set time_budget="$BEST_BUDGET" $EXTRA_SET --data-dir "$DATA" --out "$WORK" 2>&1 | tee "$DEST/$name.log" ;;
-    *) echo "unknown part '$part' (use probe, fast, best)"; exit 2 ;;
+      work=$(record gpu-best gpu-best "$BEST_SEEDS" --target-acc 0.80 --set time_budget="$BEST_BUDGET" $EXTRA_SET \
+        | tail -n 1)
+      for seed in $BEST_SEEDS; do
+        w="gpu-best-s$seed.safetensors"
+        $PY -m c100 export "$RUNS/gpu-best-s$seed" --half --out "$work/$w" 2>&1 | tee -a "$LOG"
+        (cd "$work" && sha256sum "$w" > "$w.sha256" && cat "$w.sha256") | tee -a "$LOG"
+        split -b "${PART_MIB}M" -d "$work/$w" "$DEST/$w.part-"
+        rm "$work/$w"
+      done
+      pack gpu-best "$work" ;;
+    seed)
+      # shellcheck disable=SC2086
+      work=$(record seed seed 0 --target-acc 0.6221 ${EXTRA_SET:+--set $EXTRA_SET} | tail -n 1)
+      pack seed "$work" ;;
+    *) echo "unknown part '$part' (use probe, fast, best, seed)" | tee -a "$LOG"; exit 2 ;;
   esac
+  ls -l "$DEST" | tee -a "$LOG"
 done
-
-cp "$WORK"/gpu-*.json "$DEST"/ 2>/dev/null || true
-tar czf "$DEST/gpu-details.tgz" -C "$WORK" .
-rm -rf "$WORK"
-ls -l "$DEST"
+# DRY_RUN (what the test runs, on the CPU, in about a minute):
+#   CIFAR100_DATA=SYNTHETIC_DIR PARTS="probe fast best seed" PROBE_BATCHES=32 PROBE_ARGS="--steps 2 --rounds 1
+#   --no-check-size" FAST_SEEDS=0 EXTRA_SET="time_budget=2 compile=false precision=fp32 ..." bash benchmarks/gpu.sh

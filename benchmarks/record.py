@@ -93,13 +93,23 @@ def main() -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     git = checkpoint.git_revision()  # the code that runs, read before anything can change it
     overrides = parse_sets(args.set)
-    per_seed = [record_seed(args, overrides, seed, name, out_dir) for seed in args.seeds]
+    per_seed = []
+    for seed in args.seeds:  # the JSON is rewritten after every seed: a run cut short keeps what finished
+        per_seed.append(record_seed(args, overrides, seed, name, out_dir))
+        result = summarise(args, name, overrides, git, per_seed)
+        checkpoint.atomic_write_json(out_dir / f"{name}.json", result)
+    print(json.dumps({k: v for k, v in result.items() if k != "per_seed"}, indent=2))
+    return 0
+
+
+def summarise(args, name: str, overrides: dict, git: str | None, per_seed: list[dict]) -> dict:
     top1 = [p["test_top1"] for p in per_seed if p["test_top1"] is not None]
     val = [p["final_val_acc"] for p in per_seed if p["final_val_acc"] is not None]
     times = [p["time_to_target_s"] for p in per_seed if p["time_to_target_s"] is not None]
-    result = {
+    return {
         "benchmark": name, "preset": args.preset, "overrides": overrides,
-        **provenance(torch.device("cuda" if torch.cuda.is_available() else "cpu"), git), "seeds": args.seeds,
+        **provenance(torch.device("cuda" if torch.cuda.is_available() else "cpu"), git),
+        "seeds": [p["seed"] for p in per_seed],
         "precision": per_seed[0]["precision"], "epochs": per_seed[0]["epochs"],
         "time_budget": per_seed[0]["config"]["time_budget"],
         "per_seed": per_seed,
@@ -115,10 +125,8 @@ def main() -> int:
         "target": args.target_acc,
         "time_to_target_s": times or None,
         "target_reached": f"{len(times)}/{len(per_seed)} seeds" if args.target_acc else None,
+        "seeds_planned": args.seeds,
     }
-    checkpoint.atomic_write_json(out_dir / f"{name}.json", result)
-    print(json.dumps({k: v for k, v in result.items() if k != "per_seed"}, indent=2))
-    return 0
 
 
 if __name__ == "__main__":

@@ -249,8 +249,8 @@ def shipped_row(r: dict) -> str:
     """The shipped weights re-measured (benchmarks/shipped_weights.py): one model, every backend agreeing."""
     t, tops = r["trained"], {f"{100 * x['top1']:.2f}" for x in r["rows"]}
     agree = " (the same through " + " and ".join(x["backend"] for x in r["rows"]) + ")" if len(tops) == 1 else ""
-    return (f"| {r['_entry']['row']} | trained on {t['device']}, re-measured on {r['device']} | trained {t['precision']}, "
-            f"weights {r['dtype']}, evaluated fp32 | {t['time_budget']:g} s of training | "
+    return (f"| {r['_entry']['row']} | trained on {t['device']}, re-measured on {r['device']} | "
+            f"trained {t['precision']}, weights {r['dtype']}, evaluated fp32 | {t['time_budget']:g} s of training | "
             f"{100 * r['test_top1']:.2f} % (1 model; {100 * r['rows'][0]['tta_top1']:.2f} % with flip TTA){agree} | "
             f"[{Path(r['_file']).name}](benchmarks/results/{r['_file']}) |")
 

@@ -50,7 +50,7 @@ def sliced_trainer(args, **flags) -> Trainer:
     """A real Trainer whose "epoch" is args.steps batches of the training split (no validation split)."""
     cfg = resolve("default", None, {"model": args.model, "batch_size": args.batch_size, "data_dir": args.data_dir,
                                     "precision": args.precision, "device": args.device, "epochs": 1,
-                                    "val_size": 0, **flags})
+                                    "val_size": 0, "check_size": getattr(args, "check_size", True), **flags})
     return slice_epoch(build_trainer(cfg, Path("/nonexistent-unused"), log=lambda *_: None), args.steps)
 
 
@@ -71,6 +71,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=8, help="optimizer steps per round")
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds of each, after one warm-up round")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--no-check-size", dest="check_size", action="store_false",
+                    help="admit a data set smaller than CIFAR-100 (the GPU script's CPU dry run)")
     ap.add_argument("--out", default="benchmarks/results/records/throughput-cpu.json")
     args = ap.parse_args()
 

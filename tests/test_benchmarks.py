@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,3 +49,48 @@ def test_results_index_names_what_is_missing(tmp_path, monkeypatch):
     lines = str(e.value).splitlines()[1:]
     assert lines == ["  records/gone.json: named in the index but missing on disk",
                      "  records/b.json: status archive but not under archive/"]
+
+
+def test_gpu_script_dry_run_on_the_cpu(tmp_path):
+    """benchmarks/gpu.sh, every part, on synthetic data with seconds of training: what comes back from
+    the GPU machine (at most 8 files of at most 16 MiB for probe, fast and best) and the weights joined
+    from their parts, sha256-checked and loadable."""
+    import hashlib
+    import json
+    import os
+    import tarfile
+
+    from conftest import write_cifar
+
+    write_cifar(tmp_path / "data", 600, 200)
+    out = tmp_path / "out"
+    env = dict(os.environ, CIFAR100_DATA=str(tmp_path / "data"), PARTS="probe fast best seed", PROBE_BATCHES="16",
+               PROBE_ARGS="--steps 2 --rounds 1 --no-check-size", PROBE_COMPILE_BATCH="", FAST_SEEDS="0",
+               BEST_SEEDS="0", RUNS=str(tmp_path / "runs"), OUT=str(out), PYTHON=sys.executable,
+               EXTRA_SET="time_budget=2 compile=false precision=fp32 val_size=100 check_size=false batch_size=16")
+    r = subprocess.run(["bash", "benchmarks/gpu.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    names = sorted(p.name for p in out.iterdir())
+    weights = ["gpu-best-s0.safetensors.part-00", "gpu-best-s0.safetensors.part-01"]  # 22 MB in fp16: two parts
+    assert names == sorted(["gpu.log", "probe.json", "gpu-fast.json", "gpu-fast.tgz", "gpu-best.json", "gpu-best.tgz",
+                            *weights, "seed.json", "seed.tgz"])
+    assert len([n for n in names if not n.startswith("seed.")]) == 8  # what the device returns at most
+    assert all((out / n).stat().st_size <= 16 << 20 for n in names)
+    probe = json.loads((out / "probe.json").read_text())
+    assert probe[0]["benchmark"] == "throughput" and probe[0]["trainer_images_per_s"] > 0
+    for name in ("gpu-fast", "gpu-best", "seed"):
+        rec = json.loads((out / f"{name}.json").read_text())
+        assert rec["seeds"] == [0] and 0 <= rec["test_top1_mean"] <= 1 and rec["time_budget"] == 2
+        with tarfile.open(out / f"{name}.tgz") as tar:
+            assert f"./{name}-s0-metrics.csv" in tar.getnames()
+    with tarfile.open(out / "gpu-best.tgz") as tar:
+        tar.extractall(tmp_path / "best", filter="data")
+    joined = tmp_path / "best" / "gpu-best-s0.safetensors"
+    joined.write_bytes(b"".join((out / w).read_bytes() for w in weights))
+    want = (tmp_path / "best" / "gpu-best-s0.safetensors.sha256").read_text().split()[0]
+    assert hashlib.sha256(joined.read_bytes()).hexdigest() == want
+
+    import c100
+
+    model = c100.load(joined)
+    assert model.arch == "resnet18" and len(model.predict(np.zeros((2, 3, 32, 32), np.uint8))) == 2
