@@ -126,26 +126,6 @@ def predict_files(model: Model, files: list[Path], top_k: int = 5, batch_size: i
     return results
 
 
-class Predictor:
-    """Deprecated: `c100.load(source)` returns a Model with `predict`; kept while the demo moves over."""
-
-    def __init__(self, model: Model):
-        self.model = model
-
-    @classmethod
-    def from_checkpoint(cls, source, device: str = "cpu", which: str = "last") -> Predictor:
-        from c100.inference import load
-
-        return cls(load(source, which, device))
-
-    from_export = from_checkpoint
-
-    def top(self, images: np.ndarray, k: int = 5) -> list[list[dict]]:
-        return self.model.predict(images, k)
-
-    predict = top
-
-
 def format_results(results: list[Result]) -> str:
     width = min(max((len(r.file) for r in results), default=4), 48)
     lines = [f"{'file':<{width}}  {'prediction':<16} {'prob':>6}  {'superclass':<32} others"]
