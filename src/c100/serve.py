@@ -11,12 +11,13 @@ What the parser leaves to us, and why each limit exists:
 - the request head must arrive within `head_timeout` seconds of the connection opening or of the
   previous response: uvicorn's keep-alive timer is only armed after a response, so without it a
   client that connects and sends nothing (or headers a byte at a time) is never cut;
-- decoding and the model call run in worker threads, so a slow image never stalls the event loop.
-Inference is read-only (eval mode, no_grad), so concurrent requests share one model safely.
+- decoding runs in worker threads and the model in the micro-batcher's thread (batching.py: requests
+  that arrive together share one forward pass), so a slow image never stalls the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import ipaddress
@@ -36,6 +37,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from c100.batching import MicroBatcher
 from c100.predict import decode_image
 
 HEAD_TIMEOUT = 10.0  # s for the request line and headers: browsers send them in one packet
@@ -87,7 +89,7 @@ def _error(status: int, message: str, close: bool = False) -> JSONResponse:
 
 
 def create_app(predictor, max_bytes: int = 10 << 20, gallery_items: list[dict] | None = None, *,
-               body_timeout: float = BODY_TIMEOUT) -> Starlette:
+               body_timeout: float = BODY_TIMEOUT, max_batch: int = 32) -> Starlette:
     """The ASGI app: GET / (the page), GET /health, POST /api/predict (raw image bytes as the body)."""
     page = render_page(max_bytes, gallery_items)
     limit_mb = f"{max_bytes / (1 << 20):g}"
@@ -95,9 +97,12 @@ def create_app(predictor, max_bytes: int = 10 << 20, gallery_items: list[dict] |
     def too_large(size: int) -> JSONResponse:
         return _error(413, f"file too large: {size / (1 << 20):.1f} MB, the limit is {limit_mb} MB", close=True)
 
-    def predict_bytes(raw: bytes) -> dict:
-        array = decode_image(io.BytesIO(raw))  # ValueError with a one-line reason on bad input
-        return {"top": predictor.predict(array[None], 5)[0]}
+    # requests that arrive together share one forward pass (batching.py); decoding stays per request
+    batcher = MicroBatcher(predictor, k=5, max_batch=max_batch)
+
+    async def predict_bytes(raw: bytes) -> dict:
+        array = await run_in_threadpool(decode_image, io.BytesIO(raw))  # ValueError: a one-line reason
+        return {"top": await asyncio.wrap_future(batcher.submit(array))}
 
     async def index(request: Request) -> Response:
         return HTMLResponse(page)
@@ -132,7 +137,7 @@ def create_app(predictor, max_bytes: int = 10 << 20, gallery_items: list[dict] |
         if not body:
             return _error(400, "empty file")
         try:
-            return JSONResponse(await run_in_threadpool(predict_bytes, bytes(body)))
+            return JSONResponse(await predict_bytes(bytes(body)))
         except ValueError as e:
             return _error(400, str(e))
 
@@ -144,7 +149,9 @@ def create_app(predictor, max_bytes: int = 10 << 20, gallery_items: list[dict] |
 
     routes = [Route("/", index), Route("/index.html", index), Route("/health", health),
               Route("/api/predict", predict, methods=["POST"])]
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error})
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error})
+    app.state.batcher = batcher  # its counters tell how well requests were batched
+    return app
 
 
 def is_loopback(host: str) -> bool:
