@@ -132,8 +132,8 @@ def test_resume_refuses_config_changes(cifar_dir, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         train(tiny_cfg(cifar_dir, epochs="2"), tmp_path / "run", log=killer)
-    with pytest.raises(UserError, match="--lr cannot change when resuming"):
-        resume(tmp_path / "run", {"lr": "0.5"})
+    with pytest.raises(UserError, match="--batch-size cannot change when resuming"):
+        resume(tmp_path / "run", {"batch_size": "32"})  # --lr may (tests/test_faults.py)
 
 
 def test_python_m_entry_point_and_no_traceback():

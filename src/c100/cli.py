@@ -231,7 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", default="default", help=f"one of: {', '.join(config.list_presets())} [default]")
     t.add_argument("--config", help="YAML file of config keys, applied over the preset")
     t.add_argument("--out", help="run folder (default runs/PRESET); must not exist yet")
-    t.add_argument("--resume", metavar="RUN", help="continue the killed run in folder RUN")
+    t.add_argument("--resume", metavar="RUN",
+                   help="continue the killed (or diverged) run in folder RUN from its last checkpoint; only "
+                        "where-to-run flags may change, and --lr (a lower peak lr for a run whose loss went NaN; "
+                        "the run records the change)")
     config.add_flags(t)
     t.set_defaults(fn=cmd_train)
 

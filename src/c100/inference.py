@@ -73,6 +73,8 @@ def sidecar_path(path: Path) -> Path:
 
 
 def load_sidecar(path: Path) -> dict:
+    """The model card beside an exported file (its contents are checked by `checkpoint.check_card` when the
+    model is loaded)."""
     side = sidecar_path(path)
     if not side.is_file():
         raise UserError(f"{side} not found: an exported model needs its JSON sidecar next to it "
@@ -81,8 +83,11 @@ def load_sidecar(path: Path) -> dict:
         card = json.loads(side.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         card = None
+    except OSError as e:
+        raise UserError(f"cannot read {side}: {ckpt.os_reason(e)}") from None
     if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
-        raise UserError(f"{side} is not a c100 export sidecar; export the model again")
+        raise UserError(f"{side} is not a c100 export sidecar (not JSON with format {CARD_FORMAT}); export the "
+                        f"model again")
     return card
 
 
@@ -140,6 +145,7 @@ def load(source: str | Path = "default", checkpoint: str = "last", device: str =
     path = resolve_source(source, checkpoint)
     if path.suffix == ".onnx":
         card = load_sidecar(path)
+        ckpt.check_card(card, str(sidecar_path(path)))
         return Model(card, session=OnnxSession(path), source=path, precision="fp32", device="cpu")
     if path.suffix == ".safetensors":
         card = load_sidecar(path)
@@ -147,32 +153,50 @@ def load(source: str | Path = "default", checkpoint: str = "last", device: str =
     else:
         state = _load_checkpoint(path)
         card = checkpoint_card(state, path)
+        ckpt.check_card(card, str(path))
         module = create_model(card["arch"], card["num_classes"])
         weights = state["ema"] if state.get("ema") is not None else state["model"]
-        ckpt.load_weights(module, weights, str(path), card["arch"])
+        ckpt.load_weights(module, weights, str(path), card["arch"],
+                          f" with {card['num_classes']} classes, as the checkpoint says")
         module.eval()
     return Model(card, module, source=path, device=device, precision=precision)
 
 
 def _load_checkpoint(path: Path) -> dict:
+    """A training checkpoint with what inference needs besides the weights, of the right kinds."""
     state = ckpt.load(path)
-    for key in ("classes", "superclasses", "fine_to_coarse", "epoch"):
+    kinds = {"classes": list, "superclasses": list, "fine_to_coarse": list, "epoch": int}
+    for key, kind in kinds.items():
         if key not in state:
             raise UserError(f"{path} lacks '{key}': not a checkpoint written by `c100 train`")
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            raise UserError(f"{path}: its '{key}' is a {type(state[key]).__name__}, not a {kind.__name__}: not a "
+                            f"checkpoint written by `c100 train` (or a damaged one)")
+    if state.get("ema") is not None and not isinstance(state["ema"], dict):
+        raise UserError(f"{path}: its 'ema' is not a mapping of weights: not a checkpoint written by `c100 train`")
     return state
 
 
 def load_safetensors(path: Path, card: dict) -> nn.Module:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    """The network of a .safetensors file, built as its sidecar (`card`) declares, once the card is checked."""
+    from safetensors import SafetensorError, safe_open
 
     try:
-        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError) as e:
-        raise UserError(f"{path} is not a readable safetensors file ({e}); export it again") from None
+        detail = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} is not a readable safetensors file ({detail}); export it again") from None
+    ckpt.check_card(card, str(sidecar_path(path)))
+    side = sidecar_path(path).name
+    if metadata.get("arch") and metadata["arch"] != card["arch"]:
+        raise UserError(f"{path} holds the weights of a {metadata['arch']} but its sidecar {side} says "
+                        f"{card['arch']}: the sidecar belongs to another model; export it again")
     model = create_model(card["arch"], card["num_classes"])
     tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
-    ckpt.load_weights(model, tensors, str(path), card["arch"])
+    ckpt.load_weights(model, tensors, str(path), card["arch"],
+                      f" with {card['num_classes']} classes, as its sidecar {side} says")
     return model.eval()
 
 

@@ -15,6 +15,7 @@ import dataclasses
 import io
 import itertools
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -24,11 +25,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import yaml
 from tqdm import tqdm
 
 from c100 import UserError, augment, checkpoint, data, distributed
 from c100.augment import AugmentSpec, Normalize, epoch_generator, resize, steps_per_epoch
-from c100.config import TrainConfig, apply, from_dict, save_yaml
+from c100.config import TrainConfig, apply, from_dict, read_yaml, save_yaml
 from c100.device import autocast, resolve_precision, select_device
 from c100.inference import Model, model_card
 from c100.models import create_model
@@ -40,6 +42,13 @@ from c100.progress import TensorBoard, TimeEstimate
 WHITEN_IMAGES = 5000  # enough for a stable 27 x 27 patch covariance (5000 x 900 patches)
 CSV_FIELDS = ["epoch", "lr", "res", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_s", "images_per_s",
               "clock_s", "eval_s"]
+# Steps between checks that the loss is finite where the device runs ahead of Python (GPUs): each check
+# waits for the device. On the CPU every step is checked, at no cost.
+FINITE_CHECK_EVERY = 50
+
+
+class Diverged(UserError):
+    """The loss or the weights became NaN or infinite: training stopped before saving anything after it."""
 
 
 @dataclass
@@ -243,6 +252,8 @@ class Trainer:
         self.clock = 0.0  # seconds spent training (evaluation, checkpoints and compilation not included)
         self.compile_s = 0.0  # one-time cost of compilation and warm-up, measured apart
         self.target: dict | None = None  # when val accuracy first reached cfg.target_acc
+        self.resumes: list[dict] = []  # each resume: at which epoch and step, and what it changed
+        self.check_every = 1 if device.type == "cpu" else FINITE_CHECK_EVERY
         self.l2_params = [p for p in model.parameters() if p.requires_grad] if cfg.l2 else []
         mode = None if cfg.compile_mode == "default" else cfg.compile_mode
         # DDP (under torchrun) averages the gradients in backward; compiling the DDP module lets dynamo
@@ -262,7 +273,7 @@ class Trainer:
     def progress_state(self) -> dict:
         return {"step": self.step, "total_steps": self.total_steps, "epoch": self.epoch, "history": self.history,
                 "best_val_acc": self.best_acc if self.best_acc >= 0 else None, "clock_s": self.clock,
-                "compile_s": self.compile_s, "target": self.target}
+                "compile_s": self.compile_s, "target": self.target, "resumes": self.resumes}
 
     def state(self, finished: bool) -> dict:
         return checkpoint.training_state(self.cfg.to_dict(), self.model, self.ema.model if self.ema else None,
@@ -277,20 +288,25 @@ class Trainer:
         self.best_acc = p["best_val_acc"] if p["best_val_acc"] is not None else -1.0
         self.clock, self.target = p["clock_s"], p["target"]
         self.compile_s += p["compile_s"]
+        self.resumes = p["resumes"]
 
     def save(self, finished: bool) -> None:
         if not distributed.is_main():
             return
         state = self.state(finished)
-        # best before last: a kill in between leaves last.pt one epoch behind, and replaying that
-        # epoch deterministically rewrites the same best.pt.
-        if self.best_state is not None:
-            best = dict(state, model=self.best_state["model"], ema=self.best_state["ema"],
-                        epoch=self.best_state["epoch"], optimizer=None, scaler=None)
-            checkpoint.save(best, self.run_dir / "best.pt")
-            self.best_state = None  # written; keep no second copy in memory
-        checkpoint.save(state, self.run_dir / "last.pt")
-        write_metrics_csv(self.history, self.run_dir / "metrics.csv")
+        try:
+            # best before last: a kill in between leaves last.pt one epoch behind, and replaying that
+            # epoch deterministically rewrites the same best.pt.
+            if self.best_state is not None:
+                best = dict(state, model=self.best_state["model"], ema=self.best_state["ema"],
+                            epoch=self.best_state["epoch"], optimizer=None, scaler=None)
+                checkpoint.save(best, self.run_dir / "best.pt")
+                self.best_state = None  # written; keep no second copy in memory
+            checkpoint.save(state, self.run_dir / "last.pt")
+            write_metrics_csv(self.history, self.run_dir / "metrics.csv")
+        except UserError as e:  # a full disk: every file is whole, the old one or the new one
+            raise UserError(f"{e}; training stopped after epoch {self.epoch}: make room, then continue with "
+                            f"`c100 train --resume {self.run_dir}`") from None
 
     # -- loop -----------------------------------------------------------------------------------
     def progress(self) -> float:
@@ -320,6 +336,31 @@ class Trainer:
         if self.early and self.early[-1].requires_grad and self.progress() >= self.cfg.freeze_early_at:
             for p in self.early:
                 p.requires_grad_(False)
+
+    def check_finite(self, loss_sum: torch.Tensor, lr: float) -> None:
+        """Stop at once when the loss went NaN or infinite (on every process alike), before a bad step is
+        saved: the last checkpoint stays the last good one."""
+        bad = (~torch.isfinite(loss_sum)).double().reshape(1)
+        if distributed.all_reduce_sum(bad).item():
+            self.diverged("the loss became NaN or infinite", lr)
+
+    def check_weights(self, lr: float) -> None:
+        """The weights and BatchNorm statistics (and their average) are finite: checked before every save."""
+        nets = [self.model] + ([self.ema.model] if self.ema else [])
+        tensors = [t for net in nets for t in net.state_dict().values() if t.is_floating_point()]
+        bad = torch.stack([~torch.isfinite(t).all() for t in tensors]).double().sum().reshape(1)
+        if distributed.all_reduce_sum(bad).item():
+            self.diverged("the weights became NaN or infinite", lr)
+
+    def diverged(self, what: str, lr: float) -> None:
+        cfg, epoch = self.cfg, self.epoch + 1
+        when = f"step {self.step}" if self.check_every == 1 else f"step {self.step} (checked every {self.check_every})"
+        cause = ("the learning rate is too high, or fp16 overflowed (try --precision bf16)"
+                 if cfg.precision == "fp16" else "the learning rate is likely too high")
+        kept = (f"last.pt still holds epoch {self.epoch}" if self.epoch else "no checkpoint was written")
+        raise Diverged(f"training diverged: {what} in epoch {epoch} at {when}, lr {lr:.4g}: {cause}; {kept}: "
+                       f"continue with a lower peak lr, e.g. `c100 train --resume {self.run_dir} --lr "
+                       f"{cfg.lr / 10:g}`")
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step at the current lr; returns the logits and the (unpenalised) loss."""
@@ -383,22 +424,29 @@ class Trainer:
         bar = tqdm(self.batches(self.epoch), total=self.per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
                    leave=False, disable=None if distributed.is_main() else True, file=sys.stderr, dynamic_ncols=True)
         clock0, t0 = self.clock, time.perf_counter()
-        for x, y in bar:
-            if self.budget_spent():  # the clock of a GPU step lags (async), by a step or two at most
-                break
-            res = resolution_at(cfg, self.progress())
-            self.freeze_early()
-            lr = self.set_lr()
-            logits, loss = self.train_step(resize(x, res), y)
-            if self.ema:
-                self.ema.update(self.model)
-            self.step += 1
-            loss_sum += loss * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            seen += len(y)
-            self.clock = self.agree(clock0 + time.perf_counter() - t0)
-            self.estimate.after_step(self.step, self.clock)
-        bar.close()
+        lr = self.optimizer.param_groups[0]["lr"]
+        try:
+            for x, y in bar:
+                if self.budget_spent():  # the clock of a GPU step lags (async), by a step or two at most
+                    break
+                res = resolution_at(cfg, self.progress())
+                self.freeze_early()
+                lr = self.set_lr()
+                logits, loss = self.train_step(resize(x, res), y)
+                if self.ema:
+                    self.ema.update(self.model)
+                self.step += 1
+                loss_sum += loss * len(y)
+                correct += (logits.argmax(1) == y).sum()
+                seen += len(y)
+                if self.step % self.check_every == 0:
+                    self.check_finite(loss_sum, lr)
+                self.clock = self.agree(clock0 + time.perf_counter() - t0)
+                self.estimate.after_step(self.step, self.clock)
+        finally:
+            bar.close()
+        self.check_finite(loss_sum, lr)  # the steps since the last check
+        self.check_weights(lr)
         # over every process's images; .item() (in tolist) waits for the device
         sums = torch.stack([loss_sum.double(), correct.double(), torch.tensor(seen, device=dev).double()])
         loss_sum, correct, seen = distributed.all_reduce_sum(sums).tolist()
@@ -468,9 +516,18 @@ def format_row(r: dict) -> str:
 
 
 def _check_fresh(run_dir: Path) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {run_dir} is a file, not a folder; pass another --out")
     if run_dir.exists() and any(run_dir.iterdir()):
         raise UserError(f"run folder {run_dir} already exists and is not empty; pass another --out, or "
                         f"--resume {run_dir} to continue it")
+    # before the data is loaded: the nearest folder that exists must take the run's files
+    here = next(p for p in (run_dir, *run_dir.absolute().parents) if p.exists())
+    if not here.is_dir():
+        raise UserError(f"cannot create run folder {run_dir}: {here} is a file, not a folder; pass another --out")
+    if not os.access(here, os.W_OK | os.X_OK):
+        raise UserError(f"cannot create run folder {run_dir}: {here} is not writable (read-only or no "
+                        f"permission); pass another --out")
 
 
 def build_trainer(cfg: TrainConfig, run_dir: Path | str, log=print, on_epoch=None) -> Trainer:
@@ -488,7 +545,11 @@ def train(cfg: TrainConfig, run_dir: Path | str, log=print, on_epoch=None) -> Tr
     _check_fresh(run_dir)
     trainer = build_trainer(cfg, run_dir, log, on_epoch)  # loads data first: a bad data dir leaves no folder
     if distributed.is_main():  # every process has checked the folder (loading the data waits at a barrier)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create run folder {run_dir}: {checkpoint.os_reason(e)}; pass another "
+                            f"--out") from None
         save_yaml(trainer.cfg.to_dict(), run_dir / "config.yaml")
         env = dict(checkpoint.environment(trainer.device), processes=trainer.world)
         checkpoint.atomic_write_json(run_dir / "env.json", env)
@@ -508,35 +569,76 @@ def _warm_up(trainer: Trainer) -> None:
 
 # where to run and what to log, not what to train
 RESUMABLE = ("device", "threads", "data_dir", "download", "check_size", "tensorboard")
+# what to train, changed on purpose to rescue a run (a lower --lr after it diverged); the run records it
+ADJUSTABLE = ("lr",)
 
 
-def resume_point(run_dir: Path | str, overrides: dict | None = None) -> tuple[TrainConfig, dict]:
-    """The config and last checkpoint of a killed run. Only where-to-run settings may change on resume."""
+def resume_point(run_dir: Path | str, overrides: dict | None = None) -> tuple[TrainConfig, dict | None]:
+    """The config and last checkpoint of a killed run; the checkpoint is None for a run stopped before its
+    first one (it then starts again from its config.yaml). Only where-to-run settings and ADJUSTABLE ones
+    may change on resume."""
     run_dir = Path(run_dir)
-    if not (run_dir / "last.pt").is_file():
+    last = run_dir / "last.pt"
+    if last.is_file():
+        state = checkpoint.load(last)
+        checkpoint.check_training_state(state, str(last))
+        if state.get("finished"):
+            raise UserError(f"run {run_dir} already finished all {state['epoch']} epochs; nothing to resume "
+                            f"(start a new run with another --out)")
+        values, source = dict(state["config"]), last
+    elif (run_dir / "config.yaml").is_file():  # stopped in its first epoch, before any checkpoint
+        state, source = None, run_dir / "config.yaml"
+        values = read_yaml(source, "run config")
+    else:
         raise UserError(f"nothing to resume in {run_dir}: no last.pt (a run saves it after its first epoch); "
                         f"start a new run with --out")
-    state = checkpoint.load(run_dir / "last.pt")
-    if state.get("finished"):
-        raise UserError(f"run {run_dir} already finished all {state['epoch']} epochs; nothing to resume "
-                        f"(start a new run with another --out)")
-    values = dict(state["config"])
+    try:
+        from_dict(values).validate()
+    except UserError as e:
+        raise UserError(f"{source} holds a config that is not valid ({e}); start a new run") from None
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    allowed = RESUMABLE + ADJUSTABLE
     for k, v in apply({}, given, "flag").items():
-        if k not in RESUMABLE:
+        if k not in allowed:
             raise UserError(f"--{k.replace('_', '-')} cannot change when resuming (the run's config is fixed); "
-                            f"only {', '.join('--' + r.replace('_', '-') for r in RESUMABLE)} may")
+                            f"only {', '.join('--' + r.replace('_', '-') for r in allowed)} may")
         values[k] = v
     return from_dict(values).validate(), state
 
 
 def resume(run_dir: Path | str, overrides: dict | None = None, log=print) -> Trainer:
-    """Continue a run from its last.pt: it ends with the weights a straight run would have."""
+    """Continue a run from its last.pt: it ends with the weights a straight run would have (unless --lr
+    changed, which the run then records: `resumes` in its checkpoints, a comment in its config.yaml)."""
+    run_dir = Path(run_dir)
     cfg, state = resume_point(run_dir, overrides)
     trainer = build_trainer(cfg, run_dir, log)
-    trainer.restore(state)
-    checkpoint.restore_rng(state)  # the global generators as they were when the checkpoint was written
-    trainer.log(f"resuming {run_dir} at epoch {trainer.epoch}/{cfg.epochs}")
+    if distributed.is_main():  # the only writer of the folder
+        for p in checkpoint.remove_stale_temps(run_dir):
+            trainer.log(f"removed {p.name}, left by a write that was interrupted")
+    if state is None:
+        before = read_yaml(run_dir / "config.yaml", "run config")
+        trainer.log(f"{run_dir} has no checkpoint yet (it stopped in its first epoch): training it from the start")
+    else:
+        trainer.restore(state)
+        checkpoint.restore_rng(state, str(run_dir / "last.pt"))  # the global generators as they were when saved
+        before = state["config"]
+    changed = {k: [before.get(k), getattr(trainer.cfg, k)] for k in ADJUSTABLE
+               if before.get(k) != getattr(trainer.cfg, k)}
+    trainer.resumes.append({"epoch": trainer.epoch, "step": trainer.step, "clock_s": round(trainer.clock, 3),
+                            **({"changed": changed} if changed else {})})
+    note = "".join(f", {k} {a} -> {b} from here on" for k, (a, b) in changed.items())
+    if changed and distributed.is_main():
+        _record_changes(trainer)
+    trainer.log(f"resuming {run_dir} at epoch {trainer.epoch}/{cfg.epochs}{note}")
     _warm_up(trainer)
     trainer.fit()
     return trainer
+
+
+def _record_changes(trainer: Trainer) -> None:
+    """config.yaml says the config the run trains with now, headed by what changed on which resume."""
+    notes = "".join(f"# changed on resume at epoch {r['epoch']} (step {r['step']}): "
+                    + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in r["changed"].items()) + "\n"
+                    for r in trainer.resumes if r.get("changed"))
+    checkpoint.atomic_write_text(trainer.run_dir / "config.yaml",
+                                 notes + yaml.safe_dump(trainer.cfg.to_dict(), sort_keys=False))
