@@ -35,7 +35,8 @@ DATA_HELP = "folder holding cifar-100-python/ (default: the run's, else env CIFA
 SOURCE_HELP = "'default' (the ResNet18 shipped in the package), a run folder, or a .pt, .safetensors or .onnx file"
 
 
-def add_model_args(sp: argparse.ArgumentParser, positional: bool = True, default: str | None = None) -> None:
+def add_model_args(sp: argparse.ArgumentParser, positional: bool = True, default: str | None = None,
+                   backend: str | None = None) -> None:
     """MODEL (positional or --weights), --checkpoint last|best, --device; old spellings stay as
     deprecated aliases for one release (--which; --checkpoint RUN in predict and serve)."""
     if positional:
@@ -46,6 +47,10 @@ def add_model_args(sp: argparse.ArgumentParser, positional: bool = True, default
                          "validation accuracy [last]")
     sp.add_argument("--which", choices=["last", "best"], help=argparse.SUPPRESS)  # deprecated: --checkpoint
     sp.add_argument("--device", default="auto", help="auto (a CUDA GPU if there is one) | cpu | cuda [auto]")
+    if backend:
+        sp.add_argument("--backend", default=backend, metavar="NAME",
+                        help="torch (fp32, the reference) | torch-bf16 | onnx | int8 | auto (the fastest within 0.5 "
+                             f"points of torch fp32, as `c100 quantize` measured it here) [{backend}]")
     sp.set_defaults(default_source=default)
 
 
@@ -87,7 +92,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from c100.evaluate import evaluate, format_table
 
     source, which = model_choice(args)
-    r = evaluate(source, args.split, which, args.tta, args.data_dir, args.device)
+    r = evaluate(source, args.split, which, args.tta, args.data_dir, args.device, args.backend)
     print(format_table(r, worst=100 if args.per_class else 5))
     if r.get("recorded"):
         print(f"  recorded at export: top-1 {r['recorded']['top1']:.2%} on {r['recorded']['n']} images")
@@ -115,7 +120,7 @@ def load_model(args: argparse.Namespace):
     from c100.inference import load
 
     source, which = model_choice(args)
-    return load(source, which, args.device)
+    return load(source, which, args.device, backend=getattr(args, "backend", "torch"))
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -189,6 +194,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from c100.quantize import quantize
+
+    source, which = model_choice(args)
+    quantize(source, args.data_dir, which, args.calibration_images)
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from c100.models import count_parameters, create_model, list_models
 
@@ -239,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("evaluate", help="accuracy of a trained model on the test (or validation) set")
-    add_model_args(e)
+    add_model_args(e, backend="torch")
     e.add_argument("--split", choices=["test", "val"], default="test")
     e.add_argument("--tta", action="store_true", help="also report horizontal-flip test-time augmentation")
     e.add_argument("--per-class", action="store_true", help="print every class's accuracy")
@@ -259,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="top-k labels for image files or folders of images")
     pr.add_argument("inputs", nargs="+", metavar="IMAGE|DIR", help="image files (any format Pillow reads) or folders")
-    add_model_args(pr, positional=False, default="default")
+    add_model_args(pr, positional=False, default="default", backend="auto")
     pr.add_argument("--top-k", type=int, default=5)
     pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pr.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
@@ -296,8 +309,15 @@ def build_parser() -> argparse.ArgumentParser:
                                   "file, ./ARCH-default.FORMAT for the shipped weights)")
     ex.set_defaults(fn=cmd_export)
 
+    qu = sub.add_parser("quantize", help="int8 for the CPU (ONNX Runtime), then every backend measured here; "
+                                         "sets what --backend auto picks")
+    add_model_args(qu)
+    qu.add_argument("--data-dir", help=DATA_HELP + "; calibration reads training images only")
+    qu.add_argument("--calibration-images", type=int, default=1000, help="training images to calibrate on [1000]")
+    qu.set_defaults(fn=cmd_quantize)
+
     sv = sub.add_parser("serve", help="a web page to classify uploaded images")
-    add_model_args(sv, positional=False, default="default")
+    add_model_args(sv, positional=False, default="default", backend="auto")
     sv.add_argument("--host", default="127.0.0.1", help="interface to bind (127.0.0.1: this machine only)")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload")

@@ -81,11 +81,12 @@ def eval_config(model: Model, data_dir: str | None) -> TrainConfig:
 
 
 def evaluate(source: str | Path = "default", split: str = "test", checkpoint: str = "last", tta: bool = False,
-             data_dir: str | None = None, device: str = "auto") -> dict:
-    """Evaluate a model (any source `inference.load` takes) on a split. For a run's checkpoint, writes
+             data_dir: str | None = None, device: str = "auto", backend: str = "torch") -> dict:
+    """Evaluate a model (any source `inference.load` takes) on a split, through the reference torch fp32
+    path unless another `backend` is named (the result says which). For a run's checkpoint, writes
     eval-SPLIT-WHICH.json and the logits (pred-SPLIT-WHICH.npz, read by the pictures and the report)
     next to it; for an export, adds what was recorded at export time."""
-    return _evaluate(load(source, checkpoint, device), split, tta, data_dir).result
+    return _evaluate(load(source, checkpoint, device, backend=backend), split, tta, data_dir).result
 
 
 def _evaluate(model: Model, split: str, tta: bool, data_dir: str | None) -> Predictions:
@@ -95,14 +96,17 @@ def _evaluate(model: Model, split: str, tta: bool, data_dir: str | None) -> Pred
         raise UserError(f"the class names of {cfg.data_dir} differ from those {model.source} was trained on; "
                         f"evaluate on the same data set")
     card = model.card
-    runner = "onnxruntime" if model.source and model.source.suffix == ".onnx" else f"torch {model.precision}"
+    int8 = model.source is not None and model.source.name.endswith("-int8.onnx")
+    onnx = model.source is not None and model.source.suffix == ".onnx"
+    runner = "onnxruntime int8" if int8 else "onnxruntime fp32" if onnx else f"torch {model.precision}"
     weights = card.get("weights", "model")
     if not is_run_checkpoint(model):
         weights = f"exported ({card.get('dtype', 'float32')}, {runner})"
     head = {"checkpoint": str(model.source), "epoch": card["trained"]["epochs"], "split": split,
-            "arch": model.arch, "weights": weights, "eval_size": model.input_size, "precision": model.precision}
+            "arch": model.arch, "weights": weights, "eval_size": model.input_size, "precision": model.precision,
+            "backend": runner}
     result, logits = measure(model, images, meta, tta, head)
-    if is_run_checkpoint(model):
+    if is_run_checkpoint(model) and model.precision == "fp32":  # the reference path's results only
         ck = model.source
         buf = io.BytesIO()
         np.savez_compressed(buf, logits=logits.numpy(), fine=images.fine)
@@ -152,7 +156,8 @@ def checkpoint_config(ck: Path) -> dict:
 
 
 def format_table(r: dict, worst: int = 5) -> str:
-    lines = [f"{r['split']} set, {r['n']} images, {r['arch']} ({r['weights']} weights, epoch {r['epoch']})",
+    lines = [f"{r['split']} set, {r['n']} images, {r['arch']} ({r['weights']} weights, epoch {r['epoch']}; "
+             f"{r.get('backend', 'torch fp32')})",
              f"  top-1       {r['top1']:.2%}", f"  top-5       {r['top5']:.2%}",
              f"  superclass  {r['superclass']:.2%}", f"  loss        {r['loss']:.4f}"]
     if "tta_flip" in r:

@@ -1,0 +1,241 @@
+"""Fast CPU inference: the backends a model can run on, int8 quantization, and the choice between them.
+
+Backends: `torch` (fp32, the reference every record measures), `torch-bf16` (autocast; only where the
+CPU has native bf16, AMX or AVX512-BF16), `onnx` (ONNX Runtime, fp32) and `int8` (ONNX Runtime, a
+static per-channel int8 model). The ONNX forms of a model are derived from it and cached outside the
+package (`$C100_CACHE`, else `$XDG_CACHE_HOME/c100`, else ~/.cache/c100), keyed by the hash of the
+model's file, never committed.
+
+`c100 quantize MODEL` calibrates the int8 model on training images only (the run's own training part,
+never its validation split or the test set), then measures every backend on this machine: test top-1
+and images/s at batch 100. `auto`, the default of `predict`, `serve` and `c100.load`, then takes the
+fastest backend whose top-1 is within 0.5 points of torch fp32 on that model; before any measurement
+(or on another CPU) it is torch fp32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from c100 import UserError, checkpoint, data
+from c100.device import cpu_has_native_bf16
+
+BACKENDS = ("torch", "torch-bf16", "onnx", "int8")
+TOLERANCE = 0.005  # auto takes a faster backend only within 0.5 points of torch fp32's test top-1
+CALIBRATION_IMAGES = 1000
+METHOD = "minmax"  # activation ranges from the calibration images (see benchmarks/int8_calibration.py)
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("C100_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "c100"
+    return Path(root)
+
+
+def file_key(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def cached(path: Path, kind: str) -> Path:
+    """Where a derived form of the model in `path` lives: kind is fp32 (ONNX), int8 or backends (JSON)."""
+    suffix = "json" if kind == "backends" else "onnx"
+    return cache_dir() / f"{path.stem}-{file_key(path)}-{kind}.{suffix}"
+
+
+def onnx_fp32(path: Path) -> Path:
+    """The model as fp32 ONNX: itself if it is one, else exported once into the cache."""
+    if path.suffix == ".onnx":
+        return path
+    out = cached(path, "fp32")
+    if not out.is_file():
+        from c100.export import export
+
+        export(path, "onnx", out=out)
+    return out
+
+
+def backend_file(path: Path, backend: str) -> tuple[Path, str]:
+    """(file to load, precision) for a named backend of the model in `path`."""
+    if backend not in BACKENDS:
+        raise UserError(f"--backend '{backend}' is not one of: auto, {', '.join(BACKENDS)}")
+    if backend == "torch":
+        return path, "fp32"
+    if backend == "torch-bf16":
+        if not cpu_has_native_bf16() and not torch.cuda.is_available():
+            raise UserError("--backend torch-bf16 needs a CPU with AMX or AVX512-BF16 (elsewhere bf16 is emulated "
+                            "and slow); use torch, onnx or int8")
+        if path.suffix == ".onnx":
+            raise UserError(f"{path} is an ONNX graph: it runs on the onnx or int8 backend only")
+        return path, "bf16"
+    if backend == "onnx":
+        return onnx_fp32(path), "fp32"
+    int8 = path if path.name.endswith("-int8.onnx") else cached(path, "int8")
+    if not int8.is_file():
+        raise UserError(f"no int8 model of {path.name} yet: run `c100 quantize {path}` once (it calibrates on "
+                        f"training images, so it needs the data set)")
+    return int8, "fp32"
+
+
+def choose(path: Path) -> str:
+    """The fastest backend within TOLERANCE of torch fp32, as `c100 quantize` measured it on this CPU."""
+    table = cached(path, "backends")
+    if path.suffix == ".onnx" or not table.is_file():
+        return "onnx" if path.suffix == ".onnx" else "torch"
+    m = json.loads(table.read_text())
+    if m.get("cpu") != checkpoint.device_name(torch.device("cpu")):
+        return "torch"
+    return m.get("auto", "torch")
+
+
+# -- int8 -----------------------------------------------------------------------------------------
+
+
+def calibration_images(model, data_dir: str | None, n: int, seed: int = 0) -> np.ndarray:
+    """n images from the model's own training part of the training set (its validation split and the
+    test set excluded), stratified by class."""
+    from c100.evaluate import eval_config
+
+    cfg = eval_config(model, data_dir)
+    try:
+        splits, _ = data.load(cfg.data_dir, False, ("train",), cfg.check_size)
+    except UserError as e:
+        raise UserError(f"int8 calibration needs the training images: {e}") from None
+    train = splits["train"]
+    idx = np.arange(len(train))
+    if cfg.val_size:
+        idx, _ = data.stratified_split(train.fine, cfg.val_size, cfg.seed)
+    _, pick = data.stratified_split(train.fine[idx], min(n, len(idx) - 1), seed)
+    return train.images[idx[pick]]
+
+
+def quantize(source: str | Path, data_dir: str | None = None, which: str = "last",
+             images: int = CALIBRATION_IMAGES, log=print) -> tuple[Path, dict]:
+    """Write the int8 model of `source` into the cache, measure every backend on the test set and on
+    this CPU, and record the choice `auto` makes. Returns the int8 file and the measurements."""
+    from c100.augment import Normalize, resize
+    from c100.inference import load, resolve_source
+
+    path = resolve_source(source, which)
+    model = load(path, device="cpu")
+    if path.suffix == ".onnx":
+        raise UserError(f"quantize the model {path.name} was exported from (its run or .safetensors), not the "
+                        f"ONNX graph")
+    fp32 = onnx_fp32(path)
+    x = torch.from_numpy(calibration_images(model, data_dir, images))
+    norm = Normalize(model.normalization, torch.device("cpu"))
+    batches = [resize(norm(x[i:i + 50]), model.input_size).numpy() for i in range(0, len(x), 50)]
+
+    out = cached(path, "int8")
+    t0 = time.perf_counter()
+    vnni = bool(_cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    # the stem and the classifier stay fp32: quantizing them cost 1.4 val points, keeping them 0
+    # (benchmarks/results/sweeps/13-int8-calibration)
+    settings = {"reduce_range": not vnni, "method": METHOD, "exclude": edge_nodes(fp32)}
+    write_int8(fp32, out, batches, **settings)
+    card = dict(model.card, quantization={"kind": "onnxruntime static, QDQ, per-channel int8 weights, uint8 "
+                                                  "activations", **settings, "exclude": list(settings["exclude"]),
+                                          "calibration_images": len(x), "source": path.name,
+                                          "seconds": round(time.perf_counter() - t0, 1)})
+    card.pop("dtype", None)
+    checkpoint.atomic_write_json(out.with_name(out.name + ".json"), card)
+    log(f"int8 model: {out} ({len(x)} calibration images, {card['quantization']['seconds']} s)")
+    table = measure_backends(path, data_dir, log)
+    card["accuracy"] = {"test": table["backends"]["int8"]["test"]}
+    checkpoint.atomic_write_json(out.with_name(out.name + ".json"), card)
+    return out, table
+
+
+def edge_nodes(path: Path) -> tuple[str, str]:
+    """The names of the first convolution (the stem) and the last Gemm/MatMul (the classifier) of an
+    ONNX graph."""
+    import onnx
+
+    nodes = onnx.load(str(path)).graph.node
+    first = next(n.name for n in nodes if n.op_type == "Conv")
+    last = [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")][-1]
+    return first, last
+
+
+def write_int8(fp32: Path, out: Path, batches: list[np.ndarray], reduce_range: bool, method: str = "minmax",
+               exclude: tuple[str, ...] = ()) -> None:
+    """ONNX Runtime's static quantization of `fp32` into `out`: QDQ, per-channel int8 weights, uint8
+    activations (its choice for x86), calibrated on `batches` (normalised, at the input size).
+    reduce_range keeps 7-bit weights, which CPUs without VNNI need against overflow in their u8s8
+    kernels; `method` is how activation ranges are set from the calibration batches."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(batches)
+
+        def get_next(self):
+            b = next(self.it, None)
+            return None if b is None else {"images": b}
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    with tempfile.TemporaryDirectory() as tmp:
+        pre, tmp_out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+        quant_pre_process(str(fp32), str(pre))
+        quantize_static(str(pre), str(tmp_out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=reduce_range,
+                        calibrate_method=methods[method], nodes_to_exclude=list(exclude))
+        checkpoint.atomic_write_bytes(out, tmp_out.read_bytes())
+
+
+def measure_backends(path: Path, data_dir: str | None, log=print, batch: int = 100, rounds: int = 3) -> dict:
+    """Test top-1 and images/s at `batch` of every backend available here; the choice `auto` makes."""
+    from c100.evaluate import evaluate
+    from c100.inference import load
+
+    names = [b for b in BACKENDS if b != "torch-bf16" or cpu_has_native_bf16()]
+    x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (batch * 4, 3, 32, 32), dtype=np.uint8))
+    rows = {}
+    for name in names:
+        r = evaluate(path, "test", data_dir=data_dir, device="cpu", backend=name)
+        m = load(path, device="cpu", backend=name)
+        m.logits(x[:batch])  # warm-up
+        speeds = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            m.logits(x, batch_size=batch)
+            speeds.append(len(x) / (time.perf_counter() - t0))
+        rows[name] = {"test": {k: r[k] for k in ("top1", "top5", "superclass", "n")},
+                      "images_per_s": round(float(np.median(speeds)), 1)}
+        log(f"{name:<11} test top-1 {r['top1']:.2%}  {rows[name]['images_per_s']:.0f} img/s at batch {batch}")
+    ref = rows["torch"]["test"]["top1"]
+    ok = {n: v for n, v in rows.items() if v["test"]["top1"] >= ref - TOLERANCE}
+    auto = max(ok, key=lambda n: ok[n]["images_per_s"])
+    table = {"cpu": checkpoint.device_name(torch.device("cpu")), "torch": torch.__version__, "batch": batch,
+             "tolerance": TOLERANCE, "backends": rows, "auto": auto}
+    checkpoint.atomic_write_json(cached(path, "backends"), table)
+    log(f"auto: {auto} (the fastest within {TOLERANCE:.1%} of torch fp32's test top-1 on this CPU)")
+    return table
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
