@@ -73,9 +73,11 @@ def test_time_budget_stops_on_time_and_decays_to_zero(cifar_dir, tmp_path):
     h = trainer.history
     assert len(h) < 1000 and trainer.clock >= 2.0  # stopped by the clock, not the epoch cap
     step_s = max(r["train_s"] for r in h) / min(trainer.step, trainer.per_epoch)
-    assert trainer.clock < 2.0 + 3 * step_s  # within a few steps of the budget (timing-robust on a busy machine)
-    # sized to the budget: the last step starts within a step of the end, where lr = 0.1 * (1 - progress) ~ 0
-    assert h[-1]["lr"] <= 0.1 * 3 * step_s / 2.0 + 1e-4
+    # within a few steps of the budget; at least 0.5 s of slack, as one step can stall on a busy machine
+    slack = max(3 * step_s, 0.5)
+    assert trainer.clock < 2.0 + slack
+    # sized to the budget: the last step starts near the end, where lr = 0.1 * (1 - progress) ~ 0
+    assert h[-1]["lr"] <= 0.1 * slack / 2.0 + 1e-4
     assert all(r["val_acc"] is None for r in h[:-1]) and h[-1]["val_acc"] is not None  # eval_every 0
     assert h[-1]["clock_s"] == pytest.approx(trainer.clock, abs=1e-5)
     assert (trainer.target is not None) == (h[-1]["val_acc"] >= 0.001)

@@ -188,3 +188,15 @@ def test_ctrl_c_on_the_command_line(monkeypatch, capsys):
     monkeypatch.setattr(c100.tune, "tune", interrupted)
     assert main(["tune"]) == 130
     assert "run the same command again to continue the search" in capsys.readouterr().err
+
+
+def test_a_diverging_trial_is_pruned_and_the_search_goes_on(tmp_path, cifar_dir):
+    # lr 1e6 makes the loss NaN within the first steps: training stops with Diverged, which the search
+    # records as a pruned trial (a region to avoid) and carries on.
+    study_dir = tmp_path / "study"
+    space = write_space(tmp_path, params={"lr": {"type": "categorical", "choices": [1e6]}})
+    out = tune(space, 2, study_dir, pruner="none", where={"data_dir": str(cifar_dir)}, log=quiet)
+    study = load(study_dir)
+    assert [t.state for t in study.trials] == [TrialState.PRUNED] * 2
+    assert all("training diverged" in t.user_attrs["diverged"] for t in study.trials)
+    assert "best" not in out

@@ -121,14 +121,22 @@ def model_card(cfg: TrainConfig, classes: list[str], superclasses: list[str], fi
     }
 
 
+def _read_json(path: Path):
+    """A JSON file beside a checkpoint (evaluation results, the environment), or None when absent or damaged."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
 def checkpoint_card(state: dict, ck: Path) -> dict:
     """The card of a training checkpoint, with what `evaluate` measured on it and the run's environment."""
     evals = {}
     for f in sorted(ck.parent.glob(f"eval-*-{ck.stem}.json")):
-        r = json.loads(f.read_text())
-        evals[r["split"]] = {k: r[k] for k in ("top1", "top5", "superclass", "n") if k in r}
-    env_file = ck.parent / "env.json"
-    env = json.loads(env_file.read_text()) if env_file.is_file() else None
+        r = _read_json(f)
+        if isinstance(r, dict) and r.get("split"):  # a damaged record is left out, not fatal: evaluate rewrites it
+            evals[r["split"]] = {k: r[k] for k in ("top1", "top5", "superclass", "n") if k in r}
+    env = _read_json(ck.parent / "env.json")
     cfg = from_dict(state["config"])
     cfg.model = state.get("arch") or cfg.model
     return model_card(cfg, state["classes"], state["superclasses"], state["fine_to_coarse"],

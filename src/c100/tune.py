@@ -260,7 +260,7 @@ def make_objective(space: Space, study_dir: Path, where: dict, log):
     numbers, and the last epoch is what `c100 train --config best.yaml` delivers."""
     import optuna
 
-    from c100.train import setup_process, train
+    from c100.train import Diverged, setup_process, train
 
     def objective(trial) -> float:
         values = suggest(trial, space.params)
@@ -286,6 +286,9 @@ def make_objective(space: Space, study_dir: Path, where: dict, log):
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)  # Optuna marks it FAIL; the next start re-queues it
             raise
+        except Diverged as e:  # a value the search should learn to avoid, not the end of the search
+            trial.set_user_attr("diverged", str(e))
+            raise optuna.TrialPruned(f"diverged: {str(e)[:120]}") from None
         return trainer.history[-1]["val_acc"]
 
     return objective
