@@ -40,7 +40,7 @@ SERVER = """
 import sys
 import c100
 from c100.serve import serve
-serve(c100.load(sys.argv[1], device="cpu"), "127.0.0.1", 0)
+serve(c100.load(sys.argv[1], device="cpu", backend=sys.argv[2]), "127.0.0.1", 0)
 """
 
 
@@ -78,8 +78,19 @@ def cpu_ticks(pid: int) -> tuple[int, int]:
     return busy, ours
 
 
-def start_server(weights: str) -> tuple[subprocess.Popen, str, int]:
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, weights], stdout=subprocess.PIPE, text=True)
+def backend_used(weights: str, backend: str) -> str:
+    """What `auto` resolves to for this model on this CPU (what the server process ran)."""
+    if backend != "auto":
+        return backend
+    from c100.inference import resolve_source
+    from c100.quantize import choose
+
+    path = resolve_source(weights)
+    return "onnx" if path.suffix == ".onnx" else choose(path)
+
+
+def start_server(weights: str, backend: str) -> tuple[subprocess.Popen, str, int]:
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, weights, backend], stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()  # "serving on http://127.0.0.1:PORT  (Ctrl-C stops)", once listening
     m = re.match(r"serving on http://([\d.]+):(\d+)", line)
     if not m:
@@ -136,13 +147,15 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=20, help="requests sent one by one first, not timed")
     ap.add_argument("--weights", default="default",
                     help="what c100.load takes: default (the shipped ResNet18), a run folder, .pt, .safetensors, .onnx")
+    ap.add_argument("--backend", default="auto", help="as `c100 serve --backend`: auto (its default), torch, onnx, "
+                                                    "int8, torch-bf16")
     ap.add_argument("--out", default="benchmarks/results/records/load-test-cpu.json",
                     help="result JSON; a human-readable NAME.log is written beside it")
     args = ap.parse_args()
 
     bodies = pngs(64)
     load_before = os.getloadavg()
-    proc, host, port = start_server(args.weights)
+    proc, host, port = start_server(args.weights, args.backend)
     try:
         conn = http.client.HTTPConnection(host, port, timeout=60)
         for i in range(args.warmup):
@@ -181,7 +194,8 @@ def main() -> int:
     pct = {f"p{q}": float(np.percentile(lat_ms, q)) for q in (50, 90, 99)} if len(lat_ms) else {}
     result = {
         "benchmark": "load-test", **provenance(torch.device("cpu")), "versions": versions(),
-        "weights": args.weights, "clients": args.clients, "duration_s": args.duration,
+        "weights": args.weights, "backend": args.backend, "backend_used": backend_used(args.weights, args.backend),
+        "batching": "micro-batching (src/c100/batching.py)", "clients": args.clients, "duration_s": args.duration,
         "max_requests": args.max_requests, "capped": len(latencies) + sum(errors.values()) >= args.max_requests,
         "elapsed_s": elapsed, "requests_ok": len(latencies), "errors": sum(errors.values()),
         "error_kinds": dict(errors), "requests_per_s": len(latencies) / elapsed,
@@ -212,7 +226,9 @@ def main() -> int:
         "versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
         f"load:     {args.clients} clients, keep-alive, 32x32 PNGs to POST /api/predict, {args.duration:g} s "
         f"(cap {args.max_requests} requests{', reached' if result['capped'] else ''}); client threads share "
-        f"the machine with the server", "",
+        f"the machine with the server",
+        f"server:   weights {args.weights}, backend {args.backend} ({result['backend_used']}), "
+        f"{result['batching']}", "",
         summary, ""])
     out.with_suffix(".log").write_text(log)
     print(log, end="")

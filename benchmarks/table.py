@@ -230,11 +230,13 @@ def precision_table(results: list[dict]) -> str:
 
 def readme_table(records: list[dict]) -> str:
     """The top-level README's one table: the current records that name a row in the index."""
-    lines = ["| record | hardware | precision | training clock / in all, with the test pass (worst seed) | "
-             "test top-1 (mean +- std) | result |", "|---|---|---|---|---|---|"]
+    lines = ["| record | hardware | precision or backend | time (training clock / in all with the test pass, worst "
+             "seed) or speed | test top-1 (mean +- std) | result |", "|---|---|---|---|---|---|"]
     for r in sorted(records, key=lambda r: r["_entry"]["_pos"]):
         if r["_entry"].get("row") and r.get("benchmark") == "shipped-weights":
             lines.append(shipped_row(r))
+        if r["_entry"].get("row") and r.get("benchmark") in ("inference-speed", "load-test"):
+            lines.append(speed_row(r))
         if not r["_entry"].get("row") or r.get("test_top1_mean") is None:
             continue
         clock = f"{r['time_budget']:g} s / " if r.get("time_budget") else ""
@@ -253,6 +255,22 @@ def shipped_row(r: dict) -> str:
             f"trained {t['precision']}, weights {r['dtype']}, evaluated fp32 | {t['time_budget']:g} s of training | "
             f"{100 * r['test_top1']:.2f} % (1 model; {100 * r['rows'][0]['tta_top1']:.2f} % with flip TTA){agree} | "
             f"[{Path(r['_file']).name}](benchmarks/results/{r['_file']}) |")
+
+
+def speed_row(r: dict) -> str:
+    """A speed record in the README's table: the int8 classifier against the homework's Keras model, or the
+    web demo under load."""
+    link = f"[{Path(r['_file']).name}](benchmarks/results/{r['_file']})"
+    if r["benchmark"] == "load-test":
+        lat = r["latency_ms"]
+        return (f"| {r['_entry']['row']} | {r['device']} | {r['backend']} ({r['backend_used']}), micro-batching | "
+                f"{r['requests_per_s']:.0f} requests/s, p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms, "
+                f"{r['errors']} errors | - | {link} |")
+    b, k = r["backends"]["int8"], r["keras"]
+    return (f"| {r['_entry']['row']} | {r['device']} | int8 (ONNX Runtime) | {b['images_per_s']:.0f} img/s at "
+            f"batch 100 = {b['x_keras']:.2f}x the homework's Keras ResNet18 ({k['images_per_s']:.0f} img/s); batch 1: "
+            f"{b['median_ms']:.1f} ms against {k['median_ms']:.1f} ms | {100 * b['test_top1']:.2f} % "
+            f"(fp32: {100 * r['backends']['torch']['test_top1']:.2f} %) | {link} |")
 
 
 def _others(entries: list[dict]) -> str:

@@ -227,7 +227,11 @@ class OnnxSession:
         except ImportError:
             raise UserError("running ONNX needs onnxruntime; pip install 'c100[export]'") from None
         try:
-            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            options = ort.SessionOptions()
+            # no busy-waiting between calls: a spinning thread pool takes a core from everything else in
+            # the process (the demo's HTTP threads) and on the machine
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types for bad files
             raise UserError(f"{path} is not a loadable ONNX model ({str(e).splitlines()[0][:100]})") from None
         self.input = self.session.get_inputs()[0].name
