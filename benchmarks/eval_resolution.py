@@ -35,7 +35,7 @@ def main() -> int:
     torch.manual_seed(0)
     rows = []
     for run in args.runs:
-        model = load(run, device="cpu")
+        model = load(run, device="cpu", backend="torch")
         steps = checkpoint.load(Path(run) / "last.pt")["scheduler"]["step"]
         cfg = model.config
         cfg.data_dir = args.data_dir

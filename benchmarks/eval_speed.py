@@ -40,8 +40,8 @@ def main() -> int:
     ap.add_argument("--out", default="benchmarks/results/records/eval-speed-cpu.json")
     args = ap.parse_args()
 
-    folded = load(WEIGHTS, device="cpu", precision="fp32")  # the inference Model: BatchNorm folded, NHWC
-    plain = load(WEIGHTS, device="cpu", precision="fp32")
+    folded = load(WEIGHTS, device="cpu", backend="torch")  # the inference Model: BatchNorm folded, NHWC
+    plain = load(WEIGHTS, device="cpu", backend="torch")
     plain.net = plain.module  # the same loop through the unfolded network
     meta = folded.card
     splits, _ = data.load(args.data_dir, False, splits=("train",))

@@ -30,7 +30,7 @@ def main() -> int:
     ap.add_argument("--out", default="benchmarks/results/sweeps/13-int8-calibration/int8-calibration.json")
     args = ap.parse_args()
     weights = packaged_weights()
-    model = load(weights, device="cpu")
+    model = load(weights, device="cpu", backend="torch")
     fp32 = onnx_fp32(weights)
     x = torch.from_numpy(calibration_images(model, args.data_dir, args.images))
     norm = Normalize(model.normalization, torch.device("cpu"))

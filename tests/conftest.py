@@ -38,6 +38,16 @@ def write_cifar(root: Path, n_train: int = 1000, n_test: int = 500) -> Path:
     return folder
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_cache(tmp_path_factory):
+    """Derived models (ONNX, int8) and backend measurements go to a cache of the tests' own, so neither a
+    user's ~/.cache/c100 nor an earlier test changes what `--backend auto` picks."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("C100_CACHE", str(tmp_path_factory.mktemp("c100-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def cifar_dir(tmp_path_factory) -> Path:
     """A data dir with synthetic cifar-100-python/ (1000 train, 500 test images)."""

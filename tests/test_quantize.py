@@ -42,7 +42,7 @@ def test_quantize_load_predict_round_trip(tiny_run, cifar_dir, cache, tmp_path, 
     assert any(line.startswith("auto: ") for line in lines)
 
     x = _images()
-    ref = c100.load(tiny_run).logits(x).argmax(1)
+    ref = c100.load(tiny_run, backend="torch").logits(x).argmax(1)
     int8 = c100.load(tiny_run, backend="int8")
     assert int8.source == path and (int8.logits(x).argmax(1) == ref).float().mean() >= 0.8
     for i, a in enumerate(x[:3]):
@@ -65,7 +65,7 @@ def test_the_shipped_models_backends_agree(cache):
     """torch fp32 and ONNX Runtime fp32 give the same top-1; int8 (calibrated here on synthetic images, as
     the real training images are not at hand in tests) agrees on most."""
     weights = c100.inference.packaged_weights()
-    model = c100.load("default", device="cpu")
+    model = c100.load("default", device="cpu", backend="torch")
     x = torch.from_numpy(_images(64, seed=1))
     from c100.augment import Normalize, resize
 

@@ -139,7 +139,7 @@ def load_predictions(source: str | Path = "default", split: str = "test", checkp
     cache, js = ck.parent / f"pred-{split}-{ck.stem}.npz", ck.parent / f"eval-{split}-{ck.stem}.json"
     fresh = cache.is_file() and js.is_file() and cache.stat().st_mtime >= ck.stat().st_mtime
     if ck.suffix in (".safetensors", ".onnx") or not fresh:
-        return _evaluate(load(ck, checkpoint, device), split, False, data_dir)  # holds data and logits
+        return _evaluate(load(ck, checkpoint, device, backend="torch"), split, False, data_dir)  # holds data and logits
     cfg = from_dict(checkpoint_config(ck))
     if data_dir:
         cfg.data_dir = data_dir

@@ -33,7 +33,7 @@ def export(source: str | Path, fmt: str, checkpoint_name: str = "last", out: str
     """Write `source` as `fmt` (safetensors: fp16 with `half`) and its sidecar; returns both paths."""
     if fmt not in FORMATS:
         raise UserError(f"--format '{fmt}' is not one of: {', '.join(FORMATS)}")
-    model = load(source, checkpoint_name, device="cpu")
+    model = load(source, checkpoint_name, device="cpu", backend="torch")
     if model.module is None:
         raise UserError(f"{model.source} is already an ONNX network (no torch weights to export); export from "
                         f"its run folder or its .safetensors file")

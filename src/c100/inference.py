@@ -147,7 +147,7 @@ def checkpoint_card(state: dict, ck: Path) -> dict:
 
 
 def load(source: str | Path = "default", checkpoint: str = "last", device: str = "auto",
-         precision: str = "fp32", backend: str = "torch") -> Model:
+         precision: str = "fp32", backend: str = "auto") -> Model:
     """A trained model from 'default', a run folder (its `checkpoint`: last or best), or a .pt,
     .safetensors or .onnx file, on `device` (auto: a CUDA GPU if there is one; ONNX runs on the CPU).
     `backend` (quantize.py): torch (fp32, the reference), torch-bf16, onnx, int8, or auto (the fastest

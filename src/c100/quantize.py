@@ -127,7 +127,7 @@ def quantize(source: str | Path, data_dir: str | None = None, which: str = "last
     from c100.inference import load, resolve_source
 
     path = resolve_source(source, which)
-    model = load(path, device="cpu")
+    model = load(path, device="cpu", backend="torch")
     if path.suffix == ".onnx":
         raise UserError(f"quantize the model {path.name} was exported from (its run or .safetensors), not the "
                         f"ONNX graph")
