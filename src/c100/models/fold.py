@@ -4,7 +4,7 @@ In eval mode a BatchNorm after a convolution is a fixed per-channel scale and sh
 merged into the convolution's weight and bias: same outputs up to float rounding, one pass over the
 activations less per layer. torch.fx finds the conv -> BN pairs in the traced graph and
 torch.nn.utils.fusion does the arithmetic (`torch.fx.experimental.optimization.fuse`). On the 2-core
-CPU this evaluates ResNet18 1.10x faster (benchmarks/results/eval-speed-cpu.json).
+CPU this evaluates ResNet18 1.10x faster (benchmarks/results/records/eval-speed-cpu.json).
 
 The folded model is a flat fx GraphModule: use it to compute outputs, not to hook into its layers. A
 model fx cannot trace (the seed's Keras "same" padding depends on the input size) stays unfolded:
