@@ -3,8 +3,10 @@
 On an AVX2 CPU oneDNN computes the weight gradient of a 3x3 convolution on a tiny map very slowly:
 for ResNet18's last stage at 16 px training (512 channels, 2x2 pixels, batch 64) it takes 121 ms,
 against 18 ms as one GEMM over the unfolded input patches, and 16 ms for the forward pass
-(benchmarks/results/records/conv-backward-cpu.json). On larger maps oneDNN wins. A whole training step runs
-1.37x faster at 16 px, 1.03x at 24 px and 1.02x at 32 px (same file). So the GEMM path keeps
+(benchmarks/results/archive/conv-backward-cpu-class-swap.json). On larger maps oneDNN wins. A whole
+training step ran 1.37x faster at 16 px, 1.03x at 24 px and 1.02x at 32 px there; on a later, faster
+AMD EPYC whose oneDNN ran the step 1.9x faster, 1.11x at 16 px and the same at 24 and 32 px
+(benchmarks/results/records/conv-backward-cpu.json). So the GEMM path keeps
 oneDNN for the forward pass and the input gradient, and computes the weight gradient as a GEMM when
 the output map has at most `MAX_GEMM_PIXELS` pixels. Same math, so same results up to float rounding.
 The training step enters `gemm_weight_grad()`, a torch function mode that routes the model's own
