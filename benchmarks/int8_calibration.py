@@ -17,10 +17,9 @@ import torch
 from provenance import provenance  # benchmarks/ is on sys.path when a script there runs
 
 from c100 import checkpoint
-from c100.augment import Normalize, resize
 from c100.evaluate import evaluate
 from c100.inference import load, packaged_weights, sidecar_path
-from c100.quantize import _cpu_flags, calibration_images, edge_nodes, onnx_fp32, write_int8
+from c100.quantize import _cpu_flags, calibration_batches, calibration_images, edge_nodes, onnx_fp32, write_int8
 
 
 def main() -> int:
@@ -32,9 +31,8 @@ def main() -> int:
     weights = packaged_weights()
     model = load(weights, device="cpu", backend="torch")
     fp32 = onnx_fp32(weights)
-    x = torch.from_numpy(calibration_images(model, args.data_dir, args.images))
-    norm = Normalize(model.normalization, torch.device("cpu"))
-    batches = [resize(norm(x[i:i + 50]), model.input_size).numpy() for i in range(0, len(x), 50)]
+    x = calibration_images(model, args.data_dir, args.images)
+    batches = calibration_batches(model, x)
     ref = evaluate(weights, "val", data_dir=args.data_dir, device="cpu")["top1"]
     print(f"fp32 (torch): val top-1 {ref:.2%}", flush=True)
     edges = edge_nodes(fp32)

@@ -13,7 +13,7 @@ pytest.importorskip("onnxruntime", reason="onnxruntime is in the test extra: pip
 import c100  # noqa: E402
 from c100 import UserError  # noqa: E402
 from c100.cli import main  # noqa: E402
-from c100.quantize import cached, choose, onnx_fp32, quantize, write_int8  # noqa: E402
+from c100.quantize import cached, calibration_batches, choose, onnx_fp32, quantize, write_int8  # noqa: E402
 
 
 @pytest.fixture
@@ -67,11 +67,7 @@ def test_the_shipped_models_backends_agree(cache):
     weights = c100.inference.packaged_weights()
     model = c100.load("default", device="cpu", backend="torch")
     x = torch.from_numpy(_images(64, seed=1))
-    from c100.augment import Normalize, resize
-
-    norm = Normalize(model.normalization, torch.device("cpu"))
-    calib = torch.from_numpy(_images(100, seed=2))
-    write_int8(onnx_fp32(weights), cached(weights, "int8"), [resize(norm(calib), model.input_size).numpy()],
+    write_int8(onnx_fp32(weights), cached(weights, "int8"), calibration_batches(model, _images(100, seed=2)),
                reduce_range=True)
     cached(weights, "int8").with_name(cached(weights, "int8").name + ".json").write_text(
         json.dumps(model.card))

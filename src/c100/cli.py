@@ -16,9 +16,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     flags = {name: getattr(args, name) for name in config.FIELDS}
     if args.resume:
-        cfg, _ = train.resume_point(args.resume, flags)
+        cfg, state = train.resume_point(args.resume, flags)
         train.setup_process(cfg)
-        train.resume(args.resume, flags)
+        train.resume_from(args.resume, cfg, state)
     else:
         cfg = config.resolve(args.preset, args.config, flags)
         out = args.out or os.path.join("runs", args.preset or "custom")

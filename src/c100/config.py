@@ -276,7 +276,8 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         group.add_argument(f"--{_flag(name)}", dest=name, **kw)
 
 
-def save_yaml(values: dict, path: Path) -> None:
+def save_yaml(values: dict, path: Path, header: str = "") -> None:
+    """The config as YAML, written atomically; `header` (comment lines) goes above it."""
     from c100.checkpoint import atomic_write_text
 
-    atomic_write_text(path, yaml.safe_dump(values, sort_keys=False))
+    atomic_write_text(path, header + yaml.safe_dump(values, sort_keys=False))

@@ -86,25 +86,23 @@ def evaluate(source: str | Path = "default", split: str = "test", checkpoint: st
     path unless another `backend` is named (the result says which). For a run's checkpoint, writes
     eval-SPLIT-WHICH.json and the logits (pred-SPLIT-WHICH.npz, read by the pictures and the report)
     next to it; for an export, adds what was recorded at export time."""
-    return _evaluate(load(source, checkpoint, device, backend=backend), split, tta, data_dir).result
+    return evaluate_model(load(source, checkpoint, device, backend=backend), split, tta, data_dir).result
 
 
-def _evaluate(model: Model, split: str, tta: bool, data_dir: str | None) -> Predictions:
+def evaluate_model(model: Model, split: str = "test", tta: bool = False, data_dir: str | None = None) -> Predictions:
+    """evaluate() for a model already loaded."""
     cfg = eval_config(model, data_dir)
     images, meta = load_eval_split(cfg, split)
     if meta.fine_names != model.classes:
         raise UserError(f"the class names of {cfg.data_dir} differ from those {model.source} was trained on; "
                         f"evaluate on the same data set")
     card = model.card
-    int8 = model.source is not None and model.source.name.endswith("-int8.onnx")
-    onnx = model.source is not None and model.source.suffix == ".onnx"
-    runner = "onnxruntime int8" if int8 else "onnxruntime fp32" if onnx else f"torch {model.precision}"
     weights = card.get("weights", "model")
     if not is_run_checkpoint(model):
-        weights = f"exported ({card.get('dtype', 'float32')}, {runner})"
+        weights = f"exported ({card.get('dtype', 'float32')}, {model.backend})"
     head = {"checkpoint": str(model.source), "epoch": card["trained"]["epochs"], "split": split,
             "arch": model.arch, "weights": weights, "eval_size": model.input_size, "precision": model.precision,
-            "backend": runner}
+            "backend": model.backend}
     result, logits = measure(model, images, meta, tta, head)
     if is_run_checkpoint(model) and model.precision == "fp32":  # the reference path's results only
         ck = model.source
@@ -139,7 +137,7 @@ def load_predictions(source: str | Path = "default", split: str = "test", checkp
     cache, js = ck.parent / f"pred-{split}-{ck.stem}.npz", ck.parent / f"eval-{split}-{ck.stem}.json"
     fresh = cache.is_file() and js.is_file() and cache.stat().st_mtime >= ck.stat().st_mtime
     if ck.suffix in (".safetensors", ".onnx") or not fresh:
-        return _evaluate(load(ck, checkpoint, device, backend="torch"), split, False, data_dir)  # holds data and logits
+        return evaluate_model(load(ck, checkpoint, device, backend="torch"), split, False, data_dir)  # data and logits
     cfg = from_dict(checkpoint_config(ck))
     if data_dir:
         cfg.data_dir = data_dir

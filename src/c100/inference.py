@@ -278,6 +278,13 @@ class Model:
                 f"from {self.source or 'memory'})")
 
     @property
+    def backend(self) -> str:
+        """What runs the network: torch fp32 / torch bf16, or onnxruntime fp32 / int8."""
+        if self._session is None:
+            return f"torch {self.precision}"
+        return "onnxruntime int8" if self.source and self.source.name.endswith("-int8.onnx") else "onnxruntime fp32"
+
+    @property
     def config(self) -> TrainConfig:
         """The training config the model was made with (data location, split, evaluation settings)."""
         return from_dict(self.card.get("trained", {}).get("config") or {"model": self.arch})

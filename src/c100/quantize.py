@@ -15,6 +15,7 @@ fastest backend whose top-1 is within 0.5 points of torch fp32 on that model; be
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -40,6 +41,13 @@ def cache_dir() -> Path:
 
 
 def file_key(path: Path) -> str:
+    """A short hash of the file's bytes, read once per version of the file (one load may ask several times)."""
+    st = Path(path).stat()
+    return _hash(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _hash(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -123,7 +131,6 @@ def quantize(source: str | Path, data_dir: str | None = None, which: str = "last
              images: int = CALIBRATION_IMAGES, log=print) -> tuple[Path, dict]:
     """Write the int8 model of `source` into the cache, measure every backend on the test set and on
     this CPU, and record the choice `auto` makes. Returns the int8 file and the measurements."""
-    from c100.augment import Normalize, resize
     from c100.inference import load, resolve_source
 
     path = resolve_source(source, which)
@@ -132,9 +139,8 @@ def quantize(source: str | Path, data_dir: str | None = None, which: str = "last
         raise UserError(f"quantize the model {path.name} was exported from (its run or .safetensors), not the "
                         f"ONNX graph")
     fp32 = onnx_fp32(path)
-    x = torch.from_numpy(calibration_images(model, data_dir, images))
-    norm = Normalize(model.normalization, torch.device("cpu"))
-    batches = [resize(norm(x[i:i + 50]), model.input_size).numpy() for i in range(0, len(x), 50)]
+    x = calibration_images(model, data_dir, images)
+    batches = calibration_batches(model, x)
 
     out = cached(path, "int8")
     t0 = time.perf_counter()
@@ -154,6 +160,14 @@ def quantize(source: str | Path, data_dir: str | None = None, which: str = "last
     card["accuracy"] = {"test": table["backends"]["int8"]["test"]}
     checkpoint.atomic_write_json(out.with_name(out.name + ".json"), card)
     return out, table
+
+
+def calibration_batches(model, images: np.ndarray, batch: int = 50) -> list[np.ndarray]:
+    """uint8 images as the network's input: normalised and resized as Model.logits feeds them."""
+    from c100.augment import Normalize, resize
+
+    x, norm = torch.from_numpy(images), Normalize(model.normalization, torch.device("cpu"))
+    return [resize(norm(x[i:i + batch]), model.input_size).numpy() for i in range(0, len(x), batch)]
 
 
 def edge_nodes(path: Path) -> tuple[str, str]:
@@ -203,15 +217,15 @@ def write_int8(fp32: Path, out: Path, batches: list[np.ndarray], reduce_range: b
 
 def measure_backends(path: Path, data_dir: str | None, log=print, batch: int = 100, rounds: int = 3) -> dict:
     """Test top-1 and images/s at `batch` of every backend available here; the choice `auto` makes."""
-    from c100.evaluate import evaluate
+    from c100.evaluate import evaluate_model
     from c100.inference import load
 
     names = [b for b in BACKENDS if b != "torch-bf16" or cpu_has_native_bf16()]
     x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (batch * 4, 3, 32, 32), dtype=np.uint8))
     rows = {}
     for name in names:
-        r = evaluate(path, "test", data_dir=data_dir, device="cpu", backend=name)
         m = load(path, device="cpu", backend=name)
+        r = evaluate_model(m, "test", data_dir=data_dir).result
         m.logits(x[:batch])  # warm-up
         speeds = []
         for _ in range(rounds):

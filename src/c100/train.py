@@ -25,7 +25,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import yaml
 from tqdm import tqdm
 
 from c100 import UserError, augment, checkpoint, data, distributed
@@ -609,8 +608,12 @@ def resume_point(run_dir: Path | str, overrides: dict | None = None) -> tuple[Tr
 def resume(run_dir: Path | str, overrides: dict | None = None, log=print) -> Trainer:
     """Continue a run from its last.pt: it ends with the weights a straight run would have (unless --lr
     changed, which the run then records: `resumes` in its checkpoints, a comment in its config.yaml)."""
+    return resume_from(run_dir, *resume_point(run_dir, overrides), log=log)
+
+
+def resume_from(run_dir: Path | str, cfg: TrainConfig, state: dict | None, log=print) -> Trainer:
+    """resume() from what resume_point() read (the CLI reads it once, to set the process up first)."""
     run_dir = Path(run_dir)
-    cfg, state = resume_point(run_dir, overrides)
     trainer = build_trainer(cfg, run_dir, log)
     if distributed.is_main():  # the only writer of the folder
         for p in checkpoint.remove_stale_temps(run_dir):
@@ -640,5 +643,4 @@ def _record_changes(trainer: Trainer) -> None:
     notes = "".join(f"# changed on resume at epoch {r['epoch']} (step {r['step']}): "
                     + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in r["changed"].items()) + "\n"
                     for r in trainer.resumes if r.get("changed"))
-    checkpoint.atomic_write_text(trainer.run_dir / "config.yaml",
-                                 notes + yaml.safe_dump(trainer.cfg.to_dict(), sort_keys=False))
+    save_yaml(trainer.cfg.to_dict(), trainer.run_dir / "config.yaml", header=notes)
