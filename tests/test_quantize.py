@@ -77,3 +77,19 @@ def test_the_shipped_models_backends_agree(cache):
     assert torch.equal(onnx.argmax(1), ref.argmax(1))
     agree = (c100.load("default", backend="int8").logits(x).argmax(1) == ref.argmax(1)).float().mean().item()
     assert agree >= 0.75, agree
+
+
+def test_auto_falls_back_to_torch_without_onnxruntime(tiny_run, cache, monkeypatch):
+    path = tiny_run / "last.pt"
+    table = cached(path, "backends")
+    table.parent.mkdir(parents=True, exist_ok=True)
+    table.write_text(json.dumps({"cpu": c100.checkpoint.device_name(torch.device("cpu")), "auto": "int8"}))
+    assert choose(path) == "int8"
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    assert choose(path) == "torch"  # measured in another environment: this one cannot run it
+    table.write_text("{not json")
+    monkeypatch.undo()
+    assert choose(path) == "torch"

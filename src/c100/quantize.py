@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import json
 import os
 import tempfile
@@ -96,14 +97,21 @@ def backend_file(path: Path, backend: str) -> tuple[Path, str]:
 
 
 def choose(path: Path) -> str:
-    """The fastest backend within TOLERANCE of torch fp32, as `c100 quantize` measured it on this CPU."""
+    """The fastest backend within TOLERANCE of torch fp32, as `c100 quantize` measured it on this CPU and
+    as this installation can run (the cache outlives environments: one without onnxruntime gets torch)."""
     table = cached(path, "backends")
     if path.suffix == ".onnx" or not table.is_file():
         return "onnx" if path.suffix == ".onnx" else "torch"
-    m = json.loads(table.read_text())
+    try:
+        m = json.loads(table.read_text())
+    except (OSError, ValueError):
+        return "torch"
     if m.get("cpu") != checkpoint.device_name(torch.device("cpu")):
         return "torch"
-    return m.get("auto", "torch")
+    best = m.get("auto", "torch")
+    if best in ("onnx", "int8") and importlib.util.find_spec("onnxruntime") is None:
+        return "torch"
+    return best
 
 
 # -- int8 -----------------------------------------------------------------------------------------
