@@ -26,8 +26,7 @@ from throughput import sliced_trainer
 
 import c100
 from c100 import checkpoint
-from c100.device import cpu_has_native_bf16
-from c100.quantize import cached
+from c100.quantize import BACKENDS, cached, runnable
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,7 +66,7 @@ def main() -> int:
 
     weights = c100.inference.packaged_weights()
     measured = json.loads(cached(weights, "backends").read_text())  # from `c100 quantize default`
-    names = [n for n in ("torch", "torch-bf16", "onnx", "int8") if n != "torch-bf16" or cpu_has_native_bf16()]
+    names = [n for n in BACKENDS if runnable(n)]
     models = {n: c100.load("default", device="cpu", backend=n) for n in names}
     x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (args.images, 3, 32, 32), dtype=np.uint8))
     trainer = sliced_trainer(argparse.Namespace(model="resnet18-seed", batch_size=64, data_dir=args.data_dir,
@@ -117,9 +116,9 @@ def main() -> int:
     checkpoint.atomic_write_json(Path(args.out), result)
     for n, b in backends.items():
         top1 = f"{b['test_top1']:.2%}" if b["test_top1"] is not None else "-"
-        print(f"{n:<11} {b['images_per_s']:7.1f} img/s ({b['x_keras']:.2f}x Keras)  batch 1: {b['median_ms']:.1f} ms "
+        print(f"{n:<13} {b['images_per_s']:7.1f} img/s ({b['x_keras']:.2f}x Keras)  batch 1: {b['median_ms']:.1f} ms "
               f"median, {b['p99_ms']:.1f} ms p99  test top-1 {top1}")
-    print(f"keras       {keras['images_per_s']:7.1f} img/s  batch 1: {keras['median_ms']:.1f} ms median, "
+    print(f"keras         {keras['images_per_s']:7.1f} img/s  batch 1: {keras['median_ms']:.1f} ms median, "
           f"{keras['p99_ms']:.1f} ms p99; training {keras['train_images_per_s']:.1f} img/s against ours "
           f"{result['training']['ours_images_per_s']:.1f} -> {args.out}")
     return 0

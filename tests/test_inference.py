@@ -29,7 +29,8 @@ def exports(tiny_run, tmp_path_factory):
 
 def test_every_source_loads_to_one_model_that_agrees(tiny_run, exports):
     st, onnx = exports
-    models = [c100.load(tiny_run, device="cpu"), c100.load(tiny_run / "last.pt"), c100.load(st), c100.load(onnx)]
+    models = [c100.load(tiny_run, device="cpu"), c100.load(tiny_run / "last.pt"), c100.load(st), c100.load(onnx),
+              c100.load(onnx, backend="openvino")]
     x = _images(9)
     ref = models[0].logits(x)
     assert ref.shape == (9, 100) and ref.dtype == torch.float32
@@ -38,6 +39,7 @@ def test_every_source_loads_to_one_model_that_agrees(tiny_run, exports):
         assert len(m.classes) == 100 and len(m.superclasses) == 20 and m.classes[0] == "class_00"
         torch.testing.assert_close(m.logits(x), ref, rtol=1e-4, atol=1e-4)
     assert "onnxruntime" in repr(models[3]) and "torch on cpu" in repr(models[0])
+    assert models[4].backend == "openvino fp32" and models[3].backend == "onnxruntime fp32"
     best = c100.load(tiny_run, checkpoint="best")
     assert best.source.name == "best.pt"
 
@@ -82,6 +84,16 @@ def test_bad_inputs_are_one_line_errors(tiny_run, tmp_path):
     with pytest.raises(UserError, match="cannot classify a dict"):
         model.logits({"a": 1})
     assert as_batch([]).shape == (0, 3, 32, 32)
+
+
+def test_a_damaged_onnx_file_is_a_one_line_error_on_either_runtime(exports, tmp_path):
+    bad = tmp_path / "m.onnx"
+    bad.write_bytes(exports[1].read_bytes()[:5000])
+    (tmp_path / "m.onnx.json").write_bytes(exports[1].with_name("m.onnx.json").read_bytes())
+    for backend in ("onnx", "openvino"):
+        with pytest.raises(UserError, match=r"m\.onnx is not a loadable ONNX model \(") as e:
+            c100.load(bad, backend=backend)
+        assert "\n" not in str(e.value)
 
 
 def test_logits_do_not_depend_on_batch_or_layout():

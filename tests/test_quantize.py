@@ -36,8 +36,10 @@ def test_quantize_load_predict_round_trip(tiny_run, cifar_dir, cache, tmp_path, 
     card = json.loads(path.with_name(path.name + ".json").read_text())
     assert card["quantization"]["calibration_images"] == 200 and "test" in card["accuracy"]
     rows = table["backends"]
-    assert {"torch", "onnx", "int8"} <= set(rows) and all(r["images_per_s"] > 0 for r in rows.values())
-    assert rows["onnx"]["test"]["top1"] == pytest.approx(rows["torch"]["test"]["top1"], abs=1e-3)
+    assert {"torch", "onnx", "int8", "openvino", "openvino-int8"} <= set(rows)
+    assert all(r["images_per_s"] > 0 for r in rows.values())
+    for fp32 in ("onnx", "openvino"):
+        assert rows[fp32]["test"]["top1"] == pytest.approx(rows["torch"]["test"]["top1"], abs=1e-3)
     assert table["auto"] in rows and choose(tiny_run / "last.pt") == table["auto"]
     assert any(line.startswith("auto: ") for line in lines)
 
@@ -45,6 +47,8 @@ def test_quantize_load_predict_round_trip(tiny_run, cifar_dir, cache, tmp_path, 
     ref = c100.load(tiny_run, backend="torch").logits(x).argmax(1)
     int8 = c100.load(tiny_run, backend="int8")
     assert int8.source == path and (int8.logits(x).argmax(1) == ref).float().mean() >= 0.8
+    ov = c100.load(tiny_run, backend="openvino-int8")  # the same int8 file on OpenVINO's kernels
+    assert ov.source == path and ov.backend == "openvino int8" and (ov.logits(x).argmax(1) == ref).float().mean() >= 0.8
     for i, a in enumerate(x[:3]):
         Image.fromarray(a.transpose(1, 2, 0)).save(tmp_path / f"{i}.png")
     files = [str(tmp_path / f"{i}.png") for i in range(3)]
@@ -53,7 +57,8 @@ def test_quantize_load_predict_round_trip(tiny_run, cifar_dir, cache, tmp_path, 
     assert main(["evaluate", str(tiny_run), "--backend", "int8", "--data-dir", str(cifar_dir)]) == 0
     assert "onnxruntime int8" in capsys.readouterr().out
     assert main(["predict", *files, "-w", str(tiny_run), "--backend", "tflite"]) == 2
-    assert "--backend 'tflite' is not one of: auto, torch, torch-bf16, onnx, int8" in capsys.readouterr().err
+    assert ("--backend 'tflite' is not one of: auto, torch, torch-bf16, onnx, int8, openvino, openvino-int8"
+            in capsys.readouterr().err)
 
 
 def test_quantize_needs_the_training_images(tiny_run, cache, tmp_path):
@@ -72,24 +77,43 @@ def test_the_shipped_models_backends_agree(cache):
     cached(weights, "int8").with_name(cached(weights, "int8").name + ".json").write_text(
         json.dumps(model.card))
     ref = model.logits(x)
-    onnx = c100.load("default", backend="onnx").logits(x)
-    torch.testing.assert_close(onnx, ref, rtol=1e-3, atol=1e-3)
-    assert torch.equal(onnx.argmax(1), ref.argmax(1))
-    agree = (c100.load("default", backend="int8").logits(x).argmax(1) == ref.argmax(1)).float().mean().item()
-    assert agree >= 0.75, agree
+    for name in ("onnx", "openvino"):
+        out = c100.load("default", backend=name).logits(x)
+        torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)
+        assert torch.equal(out.argmax(1), ref.argmax(1)), name
+    for name in ("int8", "openvino-int8"):
+        agree = (c100.load("default", backend=name).logits(x).argmax(1) == ref.argmax(1)).float().mean().item()
+        assert agree >= 0.75, (name, agree)
 
 
-def test_auto_falls_back_to_torch_without_onnxruntime(tiny_run, cache, monkeypatch):
+def test_auto_falls_back_to_what_this_environment_runs(tiny_run, cache, monkeypatch):
     path = tiny_run / "last.pt"
     table = cached(path, "backends")
     table.parent.mkdir(parents=True, exist_ok=True)
-    table.write_text(json.dumps({"cpu": c100.checkpoint.device_name(torch.device("cpu")), "auto": "int8"}))
-    assert choose(path) == "int8"
+
+    def row(top1, speed):
+        return {"test": {"top1": top1}, "images_per_s": speed}
+
+    rows = {"torch": row(0.60, 100), "onnx": row(0.60, 90), "int8": row(0.597, 150), "openvino": row(0.60, 110),
+            "openvino-int8": row(0.597, 200)}
+    cpu = c100.checkpoint.device_name(torch.device("cpu"))
+    table.write_text(json.dumps({"cpu": cpu, "backends": rows, "auto": "openvino-int8"}))
+    assert choose(path) == "openvino-int8"
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
-    assert choose(path) == "torch"  # measured in another environment: this one cannot run it
+    missing = set()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in missing else real(name, *a))
+    missing.add("openvino")  # measured in an environment with OpenVINO: the next fastest this one runs
+    assert choose(path) == "int8"
+    missing.add("onnxruntime")
+    assert choose(path) == "torch"
+    missing.clear()
+    rows["openvino-int8"] = row(0.59, 300)  # over 0.5 points below torch fp32: never auto
+    table.write_text(json.dumps({"cpu": cpu, "backends": rows, "auto": "openvino-int8"}))
+    assert choose(path) == "int8"
+    table.write_text(json.dumps({"cpu": "another CPU", "backends": rows, "auto": "int8"}))
+    assert choose(path) == "torch"
     table.write_text("{not json")
     monkeypatch.undo()
     assert choose(path) == "torch"

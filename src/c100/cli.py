@@ -49,7 +49,8 @@ def add_model_args(sp: argparse.ArgumentParser, positional: bool = True, default
     sp.add_argument("--device", default="auto", help="auto (a CUDA GPU if there is one) | cpu | cuda [auto]")
     if backend:
         sp.add_argument("--backend", default=backend, metavar="NAME",
-                        help="torch (fp32, the reference) | torch-bf16 | onnx | int8 | auto (the fastest within 0.5 "
+                        help="torch (fp32, the reference) | torch-bf16 | onnx | int8 | openvino | openvino-int8 | auto "
+                             "(the fastest within 0.5 "
                              f"points of torch fp32, as `c100 quantize` measured it here) [{backend}]")
     sp.set_defaults(default_source=default)
 
@@ -309,8 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
                                   "file, ./ARCH-default.FORMAT for the shipped weights)")
     ex.set_defaults(fn=cmd_export)
 
-    qu = sub.add_parser("quantize", help="int8 for the CPU (ONNX Runtime), then every backend measured here; "
-                                         "sets what --backend auto picks")
+    qu = sub.add_parser("quantize", help="int8 for the CPU (ONNX Runtime's quantizer; run by ONNX Runtime or "
+                                         "OpenVINO), then every backend measured here; sets what --backend auto picks")
     add_model_args(qu)
     qu.add_argument("--data-dir", help=DATA_HELP + "; calibration reads training images only")
     qu.add_argument("--calibration-images", type=int, default=1000, help="training images to calibrate on [1000]")

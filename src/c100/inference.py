@@ -150,9 +150,11 @@ def load(source: str | Path = "default", checkpoint: str = "last", device: str =
          precision: str = "fp32", backend: str = "auto") -> Model:
     """A trained model from 'default', a run folder (its `checkpoint`: last or best), or a .pt,
     .safetensors or .onnx file, on `device` (auto: a CUDA GPU if there is one; ONNX runs on the CPU).
-    `backend` (quantize.py): torch (fp32, the reference), torch-bf16, onnx, int8, or auto (the fastest
-    within 0.5 points of torch fp32 as `c100 quantize` measured it on this CPU; torch before that)."""
+    `backend` (quantize.py): torch (fp32, the reference), torch-bf16, onnx, int8 (ONNX Runtime),
+    openvino, openvino-int8 (OpenVINO), or auto (the fastest within 0.5 points of torch fp32 as
+    `c100 quantize` measured it on this CPU; torch before that)."""
     path = resolve_source(source, checkpoint)
+    runtime = "onnxruntime"
     if backend != "torch" or path.suffix == ".onnx":
         from c100.quantize import backend_file, choose
 
@@ -161,10 +163,12 @@ def load(source: str | Path = "default", checkpoint: str = "last", device: str =
             backend = "onnx" if path.suffix == ".onnx" else "torch" if on_gpu else choose(path)
         if backend != "torch":
             path, precision = backend_file(path, backend)
+        runtime = "openvino" if backend.startswith("openvino") else "onnxruntime"
     if path.suffix == ".onnx":
         card = load_sidecar(path)
         ckpt.check_card(card, str(sidecar_path(path)))
-        return Model(card, session=OnnxSession(path), source=path, precision="fp32", device="cpu")
+        session = OpenVinoSession(path) if runtime == "openvino" else OnnxSession(path)
+        return Model(card, session=session, source=path, precision="fp32", device="cpu")
     if path.suffix == ".safetensors":
         card = load_sidecar(path)
         module = load_safetensors(path, card)
@@ -221,6 +225,8 @@ def load_safetensors(path: Path, card: dict) -> nn.Module:
 class OnnxSession:
     """An exported ONNX network run by onnxruntime on the CPU: normalised float32 NCHW in, logits out."""
 
+    runtime = "onnxruntime"
+
     def __init__(self, path: Path):
         try:
             import onnxruntime as ort
@@ -241,6 +247,31 @@ class OnnxSession:
         return torch.from_numpy(out)
 
 
+class OpenVinoSession:
+    """The same ONNX file (fp32, or ONNX Runtime's int8 QDQ graph, which OpenVINO runs on its own int8
+    kernels) compiled by OpenVINO for the CPU: 1.3x ONNX Runtime's int8 img/s at batch 100 on a 2-core
+    AVX2 EPYC (benchmarks/results/records/inference-speed-cpu.json)."""
+
+    runtime = "openvino"
+
+    def __init__(self, path: Path):
+        try:
+            import openvino as ov
+        except ImportError:
+            raise UserError("the openvino backends need OpenVINO; pip install 'c100[openvino]'") from None
+        try:
+            # LATENCY: one stream using every core for each call, which is how Model.logits calls it
+            self.compiled = ov.Core().compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+        except Exception as e:  # OpenVINO raises RuntimeError with a long trace for bad files
+            raise UserError(f"{path} is not a loadable ONNX model ({str(e).strip().splitlines()[0][:100]})") from None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        # a request per call: requests are not thread-safe, and the demo calls from several threads
+        request = self.compiled.create_infer_request()
+        out = request.infer({0: np.ascontiguousarray(x.numpy(), dtype=np.float32)})
+        return torch.from_numpy(np.array(out[self.compiled.output(0)]))
+
+
 # -- the model ------------------------------------------------------------------------------------
 
 
@@ -251,7 +282,8 @@ class Model:
     module: the network as trained (None for ONNX); export writes its weights.
     """
 
-    def __init__(self, card: dict, module: nn.Module | None = None, *, session: OnnxSession | None = None,
+    def __init__(self, card: dict, module: nn.Module | None = None, *,
+                 session: OnnxSession | OpenVinoSession | None = None,
                  source: Path | None = None, device: str | torch.device = "auto", precision: str = "fp32",
                  batch_size: int | None = None, channels_last: bool | None = None):
         self.card, self.source, self.precision = card, source, precision
@@ -273,16 +305,17 @@ class Model:
             self.to(device)
 
     def __repr__(self) -> str:
-        runner = "onnxruntime" if self._session else f"torch on {self.device}"
+        runner = self._session.runtime if self._session else f"torch on {self.device}"
         return (f"Model({self.arch}, {len(self.classes)} classes, input {self.input_size} px, {runner}, "
                 f"from {self.source or 'memory'})")
 
     @property
     def backend(self) -> str:
-        """What runs the network: torch fp32 / torch bf16, or onnxruntime fp32 / int8."""
+        """What runs the network: torch fp32 / torch bf16, onnxruntime fp32 / int8, openvino fp32 / int8."""
         if self._session is None:
             return f"torch {self.precision}"
-        return "onnxruntime int8" if self.source and self.source.name.endswith("-int8.onnx") else "onnxruntime fp32"
+        int8 = bool(self.source and self.source.name.endswith("-int8.onnx"))
+        return f"{self._session.runtime} {'int8' if int8 else 'fp32'}"
 
     @property
     def config(self) -> TrainConfig:
@@ -294,7 +327,7 @@ class Model:
         dev = select_device(device) if isinstance(device, str) else device
         if self._session is not None:
             if dev.type != "cpu":
-                raise UserError("an ONNX model runs on the CPU with onnxruntime; use --device cpu")
+                raise UserError(f"an ONNX model runs on the CPU with {self._session.runtime}; use --device cpu")
             return self
         self.device = dev
         self.module = self.module.to(dev)  # in place; its train/eval mode is left as it is (a live model)

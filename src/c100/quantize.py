@@ -1,8 +1,9 @@
 """Fast CPU inference: the backends a model can run on, int8 quantization, and the choice between them.
 
 Backends: `torch` (fp32, the reference every record measures), `torch-bf16` (autocast; only where the
-CPU has native bf16, AMX or AVX512-BF16), `onnx` (ONNX Runtime, fp32) and `int8` (ONNX Runtime, a
-static per-channel int8 model). The ONNX forms of a model are derived from it and cached outside the
+CPU has native bf16, AMX or AVX512-BF16), `onnx` (ONNX Runtime, fp32), `int8` (ONNX Runtime, a static
+per-channel int8 model), and `openvino`, `openvino-int8`: the same two ONNX files compiled by OpenVINO
+(the extra `c100[openvino]`). The ONNX forms of a model are derived from it and cached outside the
 package (`$C100_CACHE`, else `$XDG_CACHE_HOME/c100`, else ~/.cache/c100), keyed by the hash of the
 model's file, never committed.
 
@@ -30,7 +31,7 @@ import torch
 from c100 import UserError, checkpoint, data
 from c100.device import cpu_has_native_bf16
 
-BACKENDS = ("torch", "torch-bf16", "onnx", "int8")
+BACKENDS = ("torch", "torch-bf16", "onnx", "int8", "openvino", "openvino-int8")
 TOLERANCE = 0.005  # auto takes a faster backend only within 0.5 points of torch fp32's test top-1
 CALIBRATION_IMAGES = 1000
 METHOD = "minmax"  # activation ranges from the calibration images (see benchmarks/int8_calibration.py)
@@ -87,7 +88,7 @@ def backend_file(path: Path, backend: str) -> tuple[Path, str]:
         if path.suffix == ".onnx":
             raise UserError(f"{path} is an ONNX graph: it runs on the onnx or int8 backend only")
         return path, "bf16"
-    if backend == "onnx":
+    if backend in ("onnx", "openvino"):
         return onnx_fp32(path), "fp32"
     int8 = path if path.name.endswith("-int8.onnx") else cached(path, "int8")
     if not int8.is_file():
@@ -108,10 +109,31 @@ def choose(path: Path) -> str:
         return "torch"
     if m.get("cpu") != checkpoint.device_name(torch.device("cpu")):
         return "torch"
-    best = m.get("auto", "torch")
-    if best in ("onnx", "int8") and importlib.util.find_spec("onnxruntime") is None:
+    rows = m.get("backends")
+    if not isinstance(rows, dict) or m.get("auto") not in rows:
+        return m.get("auto") if m.get("auto") in BACKENDS and runnable(m["auto"]) else "torch"
+    try:
+        return fastest({n: r for n, r in rows.items() if n in BACKENDS and runnable(n)})
+    except (KeyError, TypeError, ValueError):
         return "torch"
-    return best
+
+
+def runnable(backend: str) -> bool:
+    """Whether this installation and CPU can run a backend (its file aside)."""
+    if backend == "torch-bf16":
+        return cpu_has_native_bf16()
+    if backend in ("onnx", "int8"):
+        return importlib.util.find_spec("onnxruntime") is not None
+    if backend.startswith("openvino"):
+        return importlib.util.find_spec("openvino") is not None
+    return backend == "torch"
+
+
+def fastest(rows: dict) -> str:
+    """The fastest of measured backends whose test top-1 is within TOLERANCE of torch fp32's."""
+    ref = rows["torch"]["test"]["top1"]
+    ok = {n: v for n, v in rows.items() if v["test"]["top1"] >= ref - TOLERANCE}
+    return max(ok, key=lambda n: ok[n]["images_per_s"])
 
 
 # -- int8 -----------------------------------------------------------------------------------------
@@ -228,7 +250,7 @@ def measure_backends(path: Path, data_dir: str | None, log=print, batch: int = 1
     from c100.evaluate import evaluate_model
     from c100.inference import load
 
-    names = [b for b in BACKENDS if b != "torch-bf16" or cpu_has_native_bf16()]
+    names = [b for b in BACKENDS if runnable(b)]
     x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (batch * 4, 3, 32, 32), dtype=np.uint8))
     rows = {}
     for name in names:
@@ -243,9 +265,7 @@ def measure_backends(path: Path, data_dir: str | None, log=print, batch: int = 1
         rows[name] = {"test": {k: r[k] for k in ("top1", "top5", "superclass", "n")},
                       "images_per_s": round(float(np.median(speeds)), 1)}
         log(f"{name:<11} test top-1 {r['top1']:.2%}  {rows[name]['images_per_s']:.0f} img/s at batch {batch}")
-    ref = rows["torch"]["test"]["top1"]
-    ok = {n: v for n, v in rows.items() if v["test"]["top1"] >= ref - TOLERANCE}
-    auto = max(ok, key=lambda n: ok[n]["images_per_s"])
+    auto = fastest(rows)
     table = {"cpu": checkpoint.device_name(torch.device("cpu")), "torch": torch.__version__, "batch": batch,
              "tolerance": TOLERANCE, "backends": rows, "auto": auto}
     checkpoint.atomic_write_json(cached(path, "backends"), table)
