@@ -4,7 +4,8 @@ via tee); a selection round goes to its own folder, --out benchmarks/results/swe
 the JSON to benchmarks/results/index.yaml (benchmarks/table.py checks it).
 
 wall_s counts everything from the start of training to the end of the test evaluation (data
-loading, compilation, per-epoch validation, checkpoints included); its parts are recorded apart:
+loading, compilation, per-epoch validation, checkpoints included); validation and test run in the
+config's eval_precision (fp32 unless the preset says otherwise); its parts are recorded apart:
 train_s (the training clock), compile_s (one-time compilation and warm-up), eval_s. With
 --no-test the test set is not read at all (recipe selection on the validation split).
 
@@ -28,7 +29,9 @@ from provenance import provenance  # benchmarks/ is on sys.path when a script th
 
 from c100 import UserError, checkpoint
 from c100.config import resolve
-from c100.evaluate import evaluate, format_table
+from c100.device import resolve_precision
+from c100.evaluate import evaluate_model, format_table
+from c100.inference import load
 from c100.train import setup_process, train
 
 RESULTS = Path(__file__).resolve().parent / "results" / "records"  # current records; sweeps pass --out
@@ -53,7 +56,10 @@ def record_seed(args, overrides: dict, seed: int, name: str, out_dir: Path) -> d
     t0 = time.perf_counter()
     trainer = train(cfg, run, log=lambda line: print(line, flush=True))
     train_end = time.perf_counter()
-    result = None if args.no_test else evaluate(run, "test")
+    # the test pass in the precision validation used (eval_precision; fp32 unless the preset says)
+    eval_precision = resolve_precision(cfg.eval_precision, trainer.device)
+    result = None if args.no_test else evaluate_model(load(run, device=cfg.device, precision=eval_precision,
+                                                           backend="torch"), "test").result
     wall_s = time.perf_counter() - t0
     if result:
         print(format_table(result), flush=True)
@@ -71,7 +77,7 @@ def record_seed(args, overrides: dict, seed: int, name: str, out_dir: Path) -> d
         "target_reached": target is not None,
         "time_to_target_s": target["train_s"] if target else None,
         "images_per_s": statistics.median(r["images_per_s"] for r in h),
-        "precision": trainer.cfg.precision, "config": trainer.cfg.to_dict(),
+        "precision": trainer.cfg.precision, "eval_precision": eval_precision, "config": trainer.cfg.to_dict(),
     }
 
 
@@ -110,7 +116,8 @@ def summarise(args, name: str, overrides: dict, git: str | None, per_seed: list[
         "benchmark": name, "preset": args.preset, "overrides": overrides,
         **provenance(torch.device("cuda" if torch.cuda.is_available() else "cpu"), git),
         "seeds": [p["seed"] for p in per_seed],
-        "precision": per_seed[0]["precision"], "epochs": per_seed[0]["epochs"],
+        "precision": per_seed[0]["precision"], "eval_precision": per_seed[0]["eval_precision"],
+        "epochs": per_seed[0]["epochs"],
         "time_budget": per_seed[0]["config"]["time_budget"],
         "per_seed": per_seed,
         "wall_s_mean": statistics.mean(p["wall_s"] for p in per_seed),

@@ -1,12 +1,15 @@
+import numpy as np
 import pytest
 import torch
 
 from c100.augment import (
     AugmentSpec,
+    MixPlan,
     Normalize,
     cutout,
     epoch_generator,
     flip,
+    mix,
     steps_per_epoch,
     train_batches,
     translate,
@@ -94,3 +97,33 @@ def test_batches_are_seeded_and_cover_the_data():
     assert not torch.equal(torch.cat([y for _, y in c]), labels)  # another epoch, another order
     d = _epoch(1, 0)
     assert not torch.equal(torch.cat([x for x, _ in d]), torch.cat([x for x, _ in a]))
+
+
+def test_mix_plans_are_seeded_and_take_what_is_asked():
+    a, b = MixPlan.draw(0, 3, 50, 0.4, 1.0), MixPlan.draw(0, 3, 50, 0.4, 1.0)
+    assert all(np.array_equal(getattr(a, k), getattr(b, k)) for k in ("cut", "lam", "centre"))
+    assert not np.array_equal(a.lam, MixPlan.draw(0, 4, 50, 0.4, 1.0).lam)  # a new epoch, new draws
+    assert 10 < a.cut.sum() < 40 and ((a.lam >= 0) & (a.lam <= 1)).all()  # both kinds, about half each
+    assert not MixPlan.draw(0, 3, 50, 0.4, 0).cut.any() and MixPlan.draw(0, 3, 50, 0, 1.0).cut.all()
+
+
+def test_mixup_blends_each_image_with_its_reversed_partner():
+    x = torch.rand(4, 3, 8, 8)
+    plan = MixPlan(cut=np.array([False]), lam=np.array([0.3]), centre=np.zeros((1, 2)))
+    out, lam = mix(x, plan, 0)
+    assert lam == pytest.approx(0.3)
+    torch.testing.assert_close(out, 0.3 * x + 0.7 * x.flip(0))
+
+
+@pytest.mark.parametrize("lam, centre", [(0.75, (0.5, 0.5)), (0.75, (0.0, 0.95)), (0.0, (0.3, 0.3))])
+def test_cutmix_pastes_a_box_and_reports_its_real_share(lam, centre):
+    x = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 3, 16, 16).clone()  # image i is the constant i
+    plan = MixPlan(cut=np.array([True]), lam=np.array([lam]), centre=np.array([centre]))
+    out, share = mix(x, plan, 0)
+    from_partner = out != x  # image i's pixels that now hold its partner's value 3 - i
+    assert torch.equal(out[from_partner], x.flip(0)[from_partner])
+    assert share == pytest.approx(1 - from_partner[0, 0].float().mean().item())
+    if centre == (0.5, 0.5):
+        assert share == pytest.approx(0.75)  # the whole box inside the image: the area drawn
+    else:
+        assert share >= lam  # clipped at the border: less pasted than drawn

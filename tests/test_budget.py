@@ -129,3 +129,38 @@ def test_target_records_the_first_reach(cifar_dir, tmp_path, monkeypatch):
     assert trainer.target["train_s"] == pytest.approx(trainer.history[1]["clock_s"], abs=1e-3)
     assert sum("target 45.00% reached" in line for line in lines) == 1
     assert trainer.best_acc == 0.7
+
+
+@pytest.mark.parametrize("in_budget", [False, True])
+def test_validation_passes_count_against_the_budget_when_asked(cifar_dir, tmp_path, in_budget):
+    trainer = train(tiny_cfg(cifar_dir, epochs="1000", time_budget="1.5", eval_every="1", val_size="500",
+                             budget_includes_eval=in_budget), tmp_path / "run", log=lambda *_: None)
+    h = trainer.history
+    assert len(h) >= 2 and all(r["val_acc"] is not None for r in h)
+    passes = sum(r["eval_s"] for r in h[:-1])  # the last pass comes after training: never on the clock
+    want = sum(r["train_s"] for r in h) + (passes if in_budget else 0)
+    # eval_s is timed around the pass, the clock inside it: they differ by microseconds per pass
+    assert trainer.clock == pytest.approx(want, abs=2e-3 * len(h))
+    assert passes > 4e-3 * len(h)  # the check can tell the two apart
+
+
+def test_validation_is_the_test_pass_in_eval_precision(cifar_dir, tmp_path):
+    """Validation during training and `c100 evaluate` of the same model agree exactly in fp32, whatever
+    the training precision (bf16 here)."""
+    from c100.evaluate import evaluate
+
+    trainer = train(tiny_cfg(cifar_dir, epochs="1", precision="bf16", channels_last=False), tmp_path / "run",
+                    log=lambda *_: None)
+    assert trainer.cfg.eval_precision == "fp32"
+    got = evaluate(tmp_path / "run", "val", data_dir=str(cifar_dir))
+    last = trainer.history[-1]
+    assert got["precision"] == "fp32" and got["top1"] == pytest.approx(last["val_acc"], abs=1e-6)
+    assert got["loss"] == pytest.approx(last["val_loss"], abs=2e-6)
+    # eval_precision is what validation runs in: with logits large enough for bf16's rounding to show
+    # (this near-chance model's are too small), the same weights validate differently in bf16
+    head = [m for m in trainer.model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        head.weight.mul_(50)
+    fp32_loss = trainer.validate()[0]
+    trainer.cfg.eval_precision = "bf16"
+    assert abs(trainer.validate()[0] - fp32_loss) > 1e-5  # 4e-5 here; fp32 against evaluate: < 2e-6

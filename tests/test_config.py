@@ -50,7 +50,7 @@ def test_invalid_values(flags, message):
 
 
 def test_unknown_preset_and_keys(tmp_path):
-    with pytest.raises(UserError, match="unknown preset 'fast'; choose one of: cpu-fast, default, "):
+    with pytest.raises(UserError, match="unknown preset 'fast'; choose one of: cpu-fast, cpu-long, default, "):
         load_preset("fast")
     f = tmp_path / "c.yaml"
     f.write_text("epochz: 3\n")

@@ -33,7 +33,8 @@ def test_l2_penalty_matches_tf_l2_loss():
 
 
 def test_resumed_run_equals_straight_run(cifar_dir, tmp_path):
-    kw = {"ema": "0.9", "label_smoothing": "0.1", "cutout": "8", "l2": "1e-4", "grad_clip": "5"}
+    kw = {"ema": "0.9", "label_smoothing": "0.1", "cutout": "8", "l2": "1e-4", "grad_clip": "5", "mixup": "0.4",
+          "cutmix": "1", "mix_until": "0.7"}
     straight = train(tiny_cfg(cifar_dir, **kw), tmp_path / "straight", log=lambda *_: None)
 
     def killer(line):  # stop the second run right after epoch 2 is saved, as a kill would

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -162,6 +163,39 @@ def train_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, s
         idx = batch[lo:(rank + 1) * len(batch) // world]
         mask = flip_mask[idx] if flip_mask is not None else None
         yield augment(images[idx], spec, norm, gen, mask, (lo, len(batch))), labels[idx]
+
+
+@dataclass
+class MixPlan:
+    """One epoch's MixUp / CutMix draws, one per batch, from numpy seeded by (seed, epoch): no random
+    numbers on the device (no sync per step on a GPU) and the same plan on every process."""
+    cut: np.ndarray  # True: CutMix, False: MixUp
+    lam: np.ndarray  # the first image's share of the mix, in [0, 1]
+    centre: np.ndarray  # CutMix box centres as fractions of the side, per batch: (y, x)
+
+    @classmethod
+    def draw(cls, seed: int, epoch: int, batches: int, mixup: float, cutmix: float) -> MixPlan:
+        rng = np.random.default_rng([seed, epoch + 10_000, 0x6D6978])  # epochs < 0: warm-up, never mixed
+        cut = np.full(batches, cutmix > 0) if not (mixup > 0 and cutmix > 0) else rng.random(batches) < 0.5
+        alpha = np.where(cut, cutmix, mixup)
+        return cls(cut, rng.beta(alpha, alpha), rng.random((batches, 2)))
+
+
+def mix(x: torch.Tensor, plan: MixPlan, i: int) -> tuple[torch.Tensor, float]:
+    """Batch i of an epoch mixed with the same batch reversed (image j with image n-1-j): MixUp (Zhang et
+    al. 2018) blends whole images, CutMix (Yun et al. 2019) pastes a box whose area is 1 - lam. Returns
+    the batch and the first image's actual share, for the loss lam * CE(y) + (1 - lam) * CE(y reversed)."""
+    lam, other = float(plan.lam[i]), x.flip(0)
+    if not plan.cut[i]:
+        return x * lam + other * (1 - lam), lam
+    _, _, h, w = x.shape
+    side = np.sqrt(1 - lam)
+    cy, cx = plan.centre[i] * (h, w)
+    y0, y1 = int(np.clip(cy - side * h / 2, 0, h)), int(np.clip(cy + side * h / 2, 0, h))
+    x0, x1 = int(np.clip(cx - side * w / 2, 0, w)), int(np.clip(cx + side * w / 2, 0, w))
+    out = x.clone()
+    out[:, :, y0:y1, x0:x1] = other[:, :, y0:y1, x0:x1]
+    return out, 1 - (y1 - y0) * (x1 - x0) / (h * w)  # the box clipped at the border: its real area
 
 
 def steps_per_epoch(n: int, batch_size: int, drop_last: bool = True) -> int:

@@ -23,6 +23,7 @@ CHOICES = {
     "schedule": ("onecycle", "cosine", "multistep", "inverse-time", "constant"),
     "pad_mode": ("reflect", "zero", "edge"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
+    "eval_precision": ("fp32", "auto", "bf16", "fp16"),
     "normalize": ("cifar100", "none"),
     "device": ("auto", "cpu", "cuda", "mps"),
     "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
@@ -80,6 +81,9 @@ class TrainConfig:
                                  "--epochs is then only a cap")
     target_acc: float = _f(0.0, "validation accuracy whose first reach is recorded (time, epoch; 0 = off)")
     eval_every: int = _f(1, "validate every N epochs (0 = only after the last one)")
+    budget_includes_eval: bool = _f(False, "validation passes during training count against --time-budget: the "
+                                           "run then ends on the budget (plus the final validation) whatever "
+                                           "they cost on this machine")
     # augmentation
     translate: int = _f(4, "max random shift in pixels (crop with padding)")
     pad_mode: str = _f("reflect", "fill for the shift: reflect | zero | edge")
@@ -87,6 +91,12 @@ class TrainConfig:
     alt_flip: bool = _f(False, "alternating flips: each image is mirrored on every other epoch, from a random "
                                "start (needs --flip)")
     cutout: int = _f(0, "side of a random square zeroed per image (0 = off)")
+    mixup: float = _f(0.0, "MixUp: each batch blended with itself reversed, the share drawn from Beta(a, a) with "
+                           "this a (0 = off; with --cutmix, each batch takes one of the two)")
+    cutmix: float = _f(0.0, "CutMix: a box of the reversed batch pasted in, its area from Beta(a, a) with this a "
+                            "(0 = off)")
+    mix_until: float = _f(1.0, "fraction of training after which MixUp/CutMix stop (the end trains on clean "
+                               "images)")
     normalize: str = _f("cifar100", "cifar100 (CIFAR-100 mean/std) | none (pixels / 255)")
     resolutions: list = _f([], "progressive resizing: training resolutions in order, e.g. 16 24 32 (empty = 32)")
     res_milestones: list = _f([], "fractions of training where the next resolution starts, e.g. 0.4 0.7")
@@ -107,6 +117,9 @@ class TrainConfig:
     deterministic: bool = _f(False, "torch.use_deterministic_algorithms (slower, bitwise repeatable)")
     tensorboard: bool = _f(False, "also write the per-epoch metrics to RUN/tensorboard for TensorBoard (pip "
                                   "install 'c100[tensorboard]')")
+    eval_precision: str = _f("fp32", "precision of validation during training, and of the test pass "
+                                     "benchmarks/record.py makes: fp32 (the reference, as `c100 evaluate`) | "
+                                     "auto | bf16 | fp16 (autocast)")
     eval_batch_size: int = _f(100, "images per evaluation step (100 is fastest on a 2-core CPU; GPUs want ~1000)")
 
     def validate(self) -> TrainConfig:
@@ -122,7 +135,8 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise UserError(f"--{_flag(name)} must be positive, got {getattr(self, name)}")
         nonneg = ["lr", "weight_decay", "l2", "warmup_epochs", "lr_decay", "grad_clip", "translate",
-                  "cutout", "val_size", "threads", "time_budget", "eval_every", "train_size", "lr_ref_batch"]
+                  "cutout", "val_size", "threads", "time_budget", "eval_every", "train_size", "lr_ref_batch",
+                  "mixup", "cutmix"]
         for name in nonneg:
             if getattr(self, name) < 0:
                 raise UserError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
@@ -141,6 +155,8 @@ class TrainConfig:
         if not 0 <= self.freeze_early_at < 1:
             raise UserError(f"--freeze-early-at is a fraction of training in [0, 1) (0 = off), got "
                             f"{self.freeze_early_at}")
+        if not 0 <= self.mix_until <= 1:
+            raise UserError(f"--mix-until is a fraction of training in [0, 1], got {self.mix_until}")
         if self.alt_flip and not self.flip:
             raise UserError("--alt-flip needs --flip (it decides which images are mirrored, not whether)")
         self._validate_resolutions()

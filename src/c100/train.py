@@ -361,8 +361,9 @@ class Trainer:
                        f"continue with a lower peak lr, e.g. `c100 train --resume {self.run_dir} --lr "
                        f"{cfg.lr / 10:g}`")
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step at the current lr; returns the logits and the (unpenalised) loss."""
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, lam: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step at the current lr; returns the logits and the (unpenalised) loss. lam < 1:
+        x is a MixUp/CutMix batch, lam of each image from y, the rest from y reversed."""
         cfg = self.cfg
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -370,6 +371,9 @@ class Trainer:
             with autocast(cfg.precision, self.device):
                 logits = self.forward(x)
                 loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                if lam < 1:
+                    other = F.cross_entropy(logits, y.flip(0), label_smoothing=cfg.label_smoothing)
+                    loss = lam * loss + (1 - lam) * other
             total = loss + cfg.l2 * l2_penalty(self.l2_params) if cfg.l2 else loss
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(total).backward()
@@ -424,14 +428,20 @@ class Trainer:
                    leave=False, disable=None if distributed.is_main() else True, file=sys.stderr, dynamic_ncols=True)
         clock0, t0 = self.clock, time.perf_counter()
         lr = self.optimizer.param_groups[0]["lr"]
+        plan = (augment.MixPlan.draw(cfg.seed, self.epoch, self.per_epoch, cfg.mixup, cfg.cutmix)
+                if cfg.mixup or cfg.cutmix else None)
         try:
-            for x, y in bar:
+            for i, (x, y) in enumerate(bar):
                 if self.budget_spent():  # the clock of a GPU step lags (async), by a step or two at most
                     break
                 res = resolution_at(cfg, self.progress())
                 self.freeze_early()
                 lr = self.set_lr()
-                logits, loss = self.train_step(resize(x, res), y)
+                x, lam = resize(x, res), 1.0
+                if plan is not None and self.progress() < cfg.mix_until:
+                    x, lam = augment.mix(x, plan, i)
+                # train_acc counts the first image's label of a mixed pair
+                logits, loss = self.train_step(x, y, lam)
                 if self.ema:
                     self.ema.update(self.model)
                 self.step += 1
@@ -465,7 +475,7 @@ class Trainer:
             val_loss = val_acc = None
             t1 = time.perf_counter()
             if self.data.val_y is not None and (last or (cfg.eval_every and self.epoch % cfg.eval_every == 0)):
-                val_loss, val_acc = self.validate()
+                val_loss, val_acc = self.validate(in_budget=cfg.budget_includes_eval and not last)
             row = {"epoch": self.epoch, **row, "val_loss": val_loss, "val_acc": val_acc,
                    "epoch_s": time.perf_counter() - t0, "clock_s": self.clock, "eval_s": time.perf_counter() - t1}
             self.history.append({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
@@ -479,14 +489,19 @@ class Trainer:
             self.tensorboard.close()
         return self.history[-1] if self.history else {}
 
-    def validate(self) -> tuple[float, float]:
-        """Validation loss and accuracy (of the EMA weights when kept); tracks best and target."""
+    def validate(self, in_budget: bool = False) -> tuple[float, float]:
+        """Validation loss and accuracy (of the EMA weights when kept); tracks best and target. `in_budget`:
+        the pass's time joins the training clock (before the target's time is read from it)."""
+        t0 = time.perf_counter()
         judged = self.ema.model if self.ema else self.model
         distributed.broadcast_buffers(judged)  # one model judged: rank 0's BN statistics everywhere
         # as `evaluate` sees it: BatchNorm folded into a copy, the images at the size the model is
-        # evaluated at (the last training resolution unless set); in the training precision
-        model = Model(self.card, judged, device=self.device, precision=self.cfg.precision)
+        # evaluated at (the last training resolution unless set); in eval_precision, as the test pass
+        precision = resolve_precision(self.cfg.eval_precision, self.device)
+        model = Model(self.card, judged, device=self.device, precision=precision)
         val_loss, val_acc = evaluate_loss_acc(model, self.data.val_x, self.data.val_y)
+        if in_budget and self.cfg.time_budget:
+            self.clock = self.agree(self.clock + time.perf_counter() - t0)
         if val_acc > self.best_acc:  # the same all-reduced accuracy on every process
             self.best_acc = val_acc
             if distributed.is_main():  # the only one that writes best.pt
