@@ -94,3 +94,26 @@ def test_gpu_script_dry_run_on_the_cpu(tmp_path):
 
     model = c100.load(joined)
     assert model.arch == "resnet18" and len(model.predict(np.zeros((2, 3, 32, 32), np.uint8))) == 2
+
+
+def test_seed_runs_script_dry_run(tmp_path):
+    """benchmarks/seed_runs.sh (the homework's presets on a clock each, then `c100 compare`) on synthetic
+    data with a 2 s clock: every run's metrics, its log and the comparison come back."""
+    import os
+
+    from conftest import write_cifar
+
+    write_cifar(tmp_path / "data", 600, 200)
+    out = tmp_path / "out"
+    env = dict(os.environ, CIFAR100_DATA=str(tmp_path / "data"), RUNS=str(tmp_path / "runs"), OUT=str(out),
+               BUDGET="2", PLOT=str(tmp_path / "compare.png"), C100=f"{sys.executable} -m c100",
+               EXTRA="--no-check-size --val-size 100 --precision fp32 --eval-precision fp32")
+    r = subprocess.run(["bash", "benchmarks/seed_runs.sh", "seed-r18-v1", "seed-vgg16-v1"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["seed-compare.md", "seed-r18-v1-metrics.csv", "seed-runs.log",
+                                                      "seed-vgg16-v1-metrics.csv"]
+    log = (out / "seed-runs.log").read_text()
+    assert "== seed-vgg16-v1: c100 train --preset seed-vgg16-v1 --time-budget 2" in log
+    table = (out / "seed-compare.md").read_text()
+    assert "seed-r18-v1" in table and "seed-vgg16-v1" in table and (tmp_path / "compare.png").stat().st_size > 0

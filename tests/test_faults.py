@@ -67,8 +67,8 @@ def _launch(argv: list[str]) -> int:
     if kind == "step":
         real_step, calls = train_mod.Trainer.train_step, [0]
 
-        def train_step(self, x, y):
-            out = real_step(self, x, y)
+        def train_step(self, *args):
+            out = real_step(self, *args)
             calls[0] += 1
             if calls[0] == int(params[0]):
                 pause()
@@ -526,8 +526,8 @@ def test_divergence_checked_every_n_steps_where_the_device_runs_ahead(cifar_dir,
 def test_nan_weights_with_a_finite_loss_are_not_saved(cifar_dir, tmp_path, monkeypatch):
     real_step = train_mod.Trainer.train_step
 
-    def train_step(self, x, y):  # the last step of epoch 1 leaves a NaN in the weights
-        out = real_step(self, x, y)
+    def train_step(self, *args):  # the last step of epoch 1 leaves a NaN in the weights
+        out = real_step(self, *args)
         if self.step == STEPS_PER_EPOCH - 1:
             with torch.no_grad():
                 self.model[0].weight[0, 0, 0, 0] = float("nan")

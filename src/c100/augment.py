@@ -175,7 +175,7 @@ class MixPlan:
 
     @classmethod
     def draw(cls, seed: int, epoch: int, batches: int, mixup: float, cutmix: float) -> MixPlan:
-        rng = np.random.default_rng([seed, epoch + 10_000, 0x6D6978])  # epochs < 0: warm-up, never mixed
+        rng = np.random.default_rng([seed, epoch, 0x6D6978])  # a stream of its own: "mix"
         cut = np.full(batches, cutmix > 0) if not (mixup > 0 and cutmix > 0) else rng.random(batches) < 0.5
         alpha = np.where(cut, cutmix, mixup)
         return cls(cut, rng.beta(alpha, alpha), rng.random((batches, 2)))

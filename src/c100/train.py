@@ -248,7 +248,9 @@ class Trainer:
         self.total_steps = self.per_epoch * cfg.epochs
         self.step, self.epoch, self.history = 0, 0, []
         self.best_acc, self.best_state = -1.0, None
-        self.clock = 0.0  # seconds spent training (evaluation, checkpoints and compilation not included)
+        # seconds spent training (checkpoints and compilation not included; validation passes only with
+        # budget_includes_eval): what --time-budget spends and the schedules follow
+        self.clock = 0.0
         self.compile_s = 0.0  # one-time cost of compilation and warm-up, measured apart
         self.target: dict | None = None  # when val accuracy first reached cfg.target_acc
         self.resumes: list[dict] = []  # each resume: at which epoch and step, and what it changed
