@@ -10,6 +10,7 @@ train_s (the training clock), compile_s (one-time compilation and warm-up), eval
 --no-test the test set is not read at all (recipe selection on the validation split).
 
     python benchmarks/record.py --preset cpu-fast --seeds 0 1 --target-acc 0.6221 --data-dir data
+    python benchmarks/record.py --preset cpu-long --seeds 1 --append --data-dir data   # seed 0 ran earlier
     python benchmarks/record.py --preset cpu-fast --name select-32px --set resolutions= --no-test \\
         --out benchmarks/results/sweeps/13-topic
 """
@@ -93,19 +94,40 @@ def main() -> int:
     ap.add_argument("--data-dir", default=os.environ.get("CIFAR100_DATA", "data"))
     ap.add_argument("--runs", default="benchmarks/runs", help="where the run folders go (git-ignored)")
     ap.add_argument("--out", default=os.environ.get("OUT") or str(RESULTS), help="folder for the JSON and CSVs")
+    ap.add_argument("--append", action="store_true",
+                    help="add these seeds to those already in NAME.json (a record longer than a session, one seed "
+                         "at a time): only on the same kind of machine, with the same preset, overrides and target")
     args = ap.parse_args()
     name = args.name or args.preset
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     git = checkpoint.git_revision()  # the code that runs, read before anything can change it
     overrides = parse_sets(args.set)
-    per_seed = []
+    per_seed = earlier_seeds(out_dir / f"{name}.json", args, overrides) if args.append else []
     for seed in args.seeds:  # the JSON is rewritten after every seed: a run cut short keeps what finished
-        per_seed.append(record_seed(args, overrides, seed, name, out_dir))
+        per_seed.append({**record_seed(args, overrides, seed, name, out_dir), "git": git})
         result = summarise(args, name, overrides, git, per_seed)
         checkpoint.atomic_write_json(out_dir / f"{name}.json", result)
     print(json.dumps({k: v for k, v in result.items() if k != "per_seed"}, indent=2))
     return 0
+
+
+def earlier_seeds(path: Path, args, overrides: dict) -> list[dict]:
+    """The seeds already recorded in `path`, if the record they belong to is the one being extended."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"--append needs the record {path} ({type(e).__name__}); drop --append to start it") from None
+    device = checkpoint.device_name(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    want = {"preset": args.preset, "overrides": overrides, "target": args.target_acc, "device": device}
+    for key, value in want.items():
+        if earlier.get(key) != value:
+            raise UserError(f"--append: {path} was recorded with {key} {earlier.get(key)!r}, this run has {value!r}; "
+                            f"seeds of different records do not mix")
+    again = sorted(set(args.seeds) & {p["seed"] for p in earlier["per_seed"]})
+    if again:
+        raise UserError(f"--append: seed {', '.join(map(str, again))} is already in {path}")
+    return earlier["per_seed"]
 
 
 def summarise(args, name: str, overrides: dict, git: str | None, per_seed: list[dict]) -> dict:
@@ -132,7 +154,7 @@ def summarise(args, name: str, overrides: dict, git: str | None, per_seed: list[
         "target": args.target_acc,
         "time_to_target_s": times or None,
         "target_reached": f"{len(times)}/{len(per_seed)} seeds" if args.target_acc else None,
-        "seeds_planned": args.seeds,
+        "seeds_planned": [p["seed"] for p in per_seed if p["seed"] not in args.seeds] + args.seeds,
     }
 
 

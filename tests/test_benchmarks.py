@@ -21,6 +21,38 @@ def test_record_bad_set_is_one_line(tmp_path):
     assert not (tmp_path / "runs").exists() and not list((tmp_path / "out").glob("*.json"))
 
 
+def test_record_appends_seeds_of_the_same_record_only(tmp_path):
+    """A record longer than a session grows seed by seed (--append); seeds of another record never mix in."""
+    import json
+
+    from conftest import write_cifar
+
+    write_cifar(tmp_path / "data", 400, 100)
+    sets = ["--set", "time_budget=0.5", "batch_size=16", "val_size=100", "check_size=false", "precision=fp32",
+            "eval_every=0"]
+
+    def record(*extra):
+        return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "record.py"), "--preset", "cpu-fast",
+                               "--data-dir", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"),
+                               "--out", str(tmp_path / "out"), *sets, *extra],
+                              capture_output=True, text=True, timeout=300)
+
+    assert record("--seeds", "0").returncode == 0
+    r = record("--seeds", "1", "--append")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rec = json.loads((tmp_path / "out" / "cpu-fast.json").read_text())
+    assert rec["seeds"] == [0, 1] and len(rec["test_top1"]) == 2 and rec["seeds_planned"] == [0, 1]
+    assert all(p["git"] == rec["git"] for p in rec["per_seed"])
+    again = record("--seeds", "1", "--append")
+    assert again.returncode == 1 and again.stderr.strip().endswith("seed 1 is already in " +
+                                                                   str(tmp_path / "out" / "cpu-fast.json"))
+    sets.append("lr=0.1")
+    other = record("--seeds", "2", "--append")
+    assert other.returncode == 1 and len(other.stderr.strip().splitlines()) == 1
+    assert "was recorded with overrides" in other.stderr and "seeds of different records do not mix" in other.stderr
+    assert json.loads((tmp_path / "out" / "cpu-fast.json").read_text())["seeds"] == [0, 1]  # untouched
+
+
 def test_results_index_matches_the_files():
     """Every file under benchmarks/results/ is in results/index.yaml (or beside its JSON), and back."""
     p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "table.py"), "--check"],
