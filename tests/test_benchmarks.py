@@ -149,3 +149,36 @@ def test_seed_runs_script_dry_run(tmp_path):
     assert "== seed-vgg16-v1: c100 train --preset seed-vgg16-v1 --time-budget 2" in log
     table = (out / "seed-compare.md").read_text()
     assert "seed-r18-v1" in table and "seed-vgg16-v1" in table and (tmp_path / "compare.png").stat().st_size > 0
+
+
+def test_ship_weights_applies_the_rule(cifar_dir, tmp_path):
+    """benchmarks/ship_weights.py measures the file that would ship against the shipped one and replaces
+    it only when the margin is met (here a copy of the same model: gain 0, either side of the margin)."""
+    import json
+
+    from c100.export import export
+    from c100.train import train
+    from conftest import tiny_cfg
+
+    train(tiny_cfg(cifar_dir, model="resnet18", epochs="1", train_size="128"), tmp_path / "run", log=lambda *_: None)
+    shipped = tmp_path / "weights" / "resnet18-default.safetensors"
+    shipped.parent.mkdir()
+    export(tmp_path / "run", "safetensors", out=shipped, half=True)
+    card = json.loads(shipped.with_name(shipped.name + ".json").read_text())
+    card["marker"] = "the old card"
+    shipped.with_name(shipped.name + ".json").write_text(json.dumps(card))
+    before = shipped.read_bytes()
+
+    def ship(margin):
+        return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ship_weights.py"), str(tmp_path / "run"),
+                               "--data-dir", str(cifar_dir), "--shipped", str(shipped), "--margin", margin, "--apply"],
+                              capture_output=True, text=True, timeout=300)
+
+    r = ship("0.001")
+    assert r.returncode == 1 and "gain +0.00 points: misses the rule" in r.stdout, r.stdout + r.stderr
+    assert "the old card" in shipped.with_name(shipped.name + ".json").read_text()
+    r = ship("-0.001")
+    assert r.returncode == 0 and "meets the rule" in r.stdout and "shipped: " in r.stdout, r.stdout + r.stderr
+    assert "the old card" not in shipped.with_name(shipped.name + ".json").read_text()
+    assert shipped.read_bytes() == before  # the same model, exported the same way: the same bytes
+    assert sorted(p.name for p in shipped.parent.iterdir()) == [shipped.name, shipped.name + ".json"]
