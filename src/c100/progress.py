@@ -21,8 +21,9 @@ def duration(seconds: float) -> str:
 
 
 class TimeEstimate:
-    """Call `after_step(step, clock)` after every optimizer step (clock = seconds of training so far,
-    validation excluded); it logs one estimate once TIMED_STEPS[1] steps of this session are timed."""
+    """Call `after_step(step, clock)` after every optimizer step (clock = the training clock so far:
+    validation excluded unless budget_includes_eval); it logs one estimate once TIMED_STEPS[1] steps of
+    this session are timed."""
 
     def __init__(self, total_steps: int, time_budget: float, on_cpu: bool, resolutions: list, log):
         self.total, self.budget, self.on_cpu, self.log = total_steps, time_budget, on_cpu, log
