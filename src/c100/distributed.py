@@ -9,6 +9,7 @@ See docs/distributed.md for the command lines and the design.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 
 import torch
@@ -81,6 +82,9 @@ def setup(device: torch.device) -> torch.device:
 def cleanup() -> None:
     global _clock_group
     if dist.is_initialized():
+        # free the finished trainer's DDP reducer (and the gloo work it holds) now, not at interpreter
+        # shutdown, where freeing it can abort the process; still seen once in CI after the barrier below
+        gc.collect()
         # wait for every process first: one that tears its gloo threads down while rank 0 still writes
         # checkpoints can abort ("terminate called without an active exception")
         dist.barrier()
