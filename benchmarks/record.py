@@ -31,8 +31,7 @@ from provenance import provenance  # benchmarks/ is on sys.path when a script th
 from c100 import UserError, checkpoint
 from c100.config import resolve
 from c100.device import resolve_precision
-from c100.evaluate import evaluate_model, format_table
-from c100.inference import load
+from c100.evaluate import evaluate, format_table
 from c100.train import setup_process, train
 
 RESULTS = Path(__file__).resolve().parent / "results" / "records"  # current records; sweeps pass --out
@@ -59,8 +58,7 @@ def record_seed(args, overrides: dict, seed: int, name: str, out_dir: Path) -> d
     train_end = time.perf_counter()
     # the test pass in the precision validation used (eval_precision; fp32 unless the preset says)
     eval_precision = resolve_precision(cfg.eval_precision, trainer.device)
-    result = None if args.no_test else evaluate_model(load(run, device=cfg.device, precision=eval_precision,
-                                                           backend="torch"), "test").result
+    result = None if args.no_test else evaluate(run, "test", device=cfg.device, precision=eval_precision)
     wall_s = time.perf_counter() - t0
     if result:
         print(format_table(result), flush=True)
@@ -112,14 +110,19 @@ def main() -> int:
     return 0
 
 
+def record_device() -> torch.device:
+    """The device a record names: the GPU where there is one."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def earlier_seeds(path: Path, args, overrides: dict) -> list[dict]:
     """The seeds already recorded in `path`, if the record they belong to is the one being extended."""
     try:
         earlier = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"--append needs the record {path} ({type(e).__name__}); drop --append to start it") from None
-    device = checkpoint.device_name(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    want = {"preset": args.preset, "overrides": overrides, "target": args.target_acc, "device": device}
+    want = {"preset": args.preset, "overrides": overrides, "target": args.target_acc,
+            "device": checkpoint.device_name(record_device())}
     for key, value in want.items():
         if earlier.get(key) != value:
             raise UserError(f"--append: {path} was recorded with {key} {earlier.get(key)!r}, this run has {value!r}; "
@@ -136,7 +139,7 @@ def summarise(args, name: str, overrides: dict, git: str | None, per_seed: list[
     times = [p["time_to_target_s"] for p in per_seed if p["time_to_target_s"] is not None]
     return {
         "benchmark": name, "preset": args.preset, "overrides": overrides,
-        **provenance(torch.device("cuda" if torch.cuda.is_available() else "cpu"), git),
+        **provenance(record_device(), git),
         "seeds": [p["seed"] for p in per_seed],
         "precision": per_seed[0]["precision"], "eval_precision": per_seed[0]["eval_precision"],
         "epochs": per_seed[0]["epochs"],

@@ -20,7 +20,7 @@ from pathlib import Path
 from c100 import UserError, checkpoint
 from c100.evaluate import evaluate
 from c100.export import export
-from c100.inference import packaged_weights
+from c100.inference import load_sidecar, packaged_weights
 
 MARGIN = 0.03  # test top-1, as a fraction: the rule's 3 points
 
@@ -37,11 +37,11 @@ def main() -> int:
     shipped = Path(args.shipped)
     with tempfile.TemporaryDirectory() as tmp:
         file, side = export(args.candidate, "safetensors", args.checkpoint, out=Path(tmp) / shipped.name, half=True)
+        if (arch := load_sidecar(file)["arch"]) != "resnet18":  # before reading the test set
+            raise UserError(f"the shipped model is a ResNet18; {args.candidate} is a {arch}")
         scores = {}
         for what, source in (("candidate", file), ("shipped", shipped)):
             r = evaluate(source, "test", data_dir=args.data_dir, device="cpu", backend="torch")
-            if what == "candidate" and r["arch"] != "resnet18":
-                raise UserError(f"the shipped model is a ResNet18; {args.candidate} is a {r['arch']}")
             scores[what] = r["top1"]
             print(f"{what:<9} {source}: test top-1 {r['top1']:.2%} (torch fp32, {r['n']} images)", flush=True)
         gain = scores["candidate"] - scores["shipped"]

@@ -81,12 +81,13 @@ def eval_config(model: Model, data_dir: str | None) -> TrainConfig:
 
 
 def evaluate(source: str | Path = "default", split: str = "test", checkpoint: str = "last", tta: bool = False,
-             data_dir: str | None = None, device: str = "auto", backend: str = "torch") -> dict:
+             data_dir: str | None = None, device: str = "auto", backend: str = "torch",
+             precision: str = "fp32") -> dict:
     """Evaluate a model (any source `inference.load` takes) on a split, through the reference torch fp32
-    path unless another `backend` is named (the result says which). For a run's checkpoint, writes
+    path unless another `backend` or `precision` is named (the result says which). For a run's checkpoint, writes
     eval-SPLIT-WHICH.json and the logits (pred-SPLIT-WHICH.npz, read by the pictures and the report)
     next to it; for an export, adds what was recorded at export time."""
-    return evaluate_model(load(source, checkpoint, device, backend=backend), split, tta, data_dir).result
+    return evaluate_model(load(source, checkpoint, device, precision, backend), split, tta, data_dir).result
 
 
 def evaluate_model(model: Model, split: str = "test", tta: bool = False, data_dir: str | None = None) -> Predictions:
