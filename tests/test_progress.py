@@ -7,9 +7,9 @@ from c100.train import train
 from conftest import tiny_cfg
 
 
-def _run_estimate(total, budget=0.0, on_cpu=True, resolutions=(), per_step=0.5, first=1):
+def _run_estimate(total, budget=0.0, on_cpu=True, resolutions=(), per_step=0.5, first=1, passes_on_clock=False):
     lines = []
-    est = TimeEstimate(total, budget, on_cpu, list(resolutions), lines.append)
+    est = TimeEstimate(total, budget, on_cpu, list(resolutions), lines.append, passes_on_clock)
     for i in range(60):
         est.after_step(first + i, clock=(i + 1) * per_step)
     return lines
@@ -31,7 +31,10 @@ def test_hours_on_a_cpu_name_the_fast_preset():
 def test_budget_runs_and_resumed_runs():
     lines = _run_estimate(total=10**6, budget=600, per_step=0.25, resolutions=[16, 24])
     assert lines[0].startswith("training for the 10 min budget: about 2,400 steps in all at 0.250 s per step")
-    assert "at the first resolution" in lines[0]
+    assert "at the first resolution" in lines[0] and "share" not in lines[0]
+    on_clock = _run_estimate(total=10**6, budget=600, per_step=0.25, passes_on_clock=True)[0]
+    assert on_clock.startswith("training for the 10 min budget: at most 2,400 steps in all at 0.250 s per step")
+    assert on_clock.endswith("; validation passes on the clock take their share")
     resumed = _run_estimate(total=1000, per_step=0.5, first=501)  # timed from where this session starts
     assert resumed and "0.500 s per step" in resumed[0]
 

@@ -25,8 +25,10 @@ class TimeEstimate:
     validation excluded unless budget_includes_eval); it logs one estimate once TIMED_STEPS[1] steps of
     this session are timed."""
 
-    def __init__(self, total_steps: int, time_budget: float, on_cpu: bool, resolutions: list, log):
+    def __init__(self, total_steps: int, time_budget: float, on_cpu: bool, resolutions: list, log,
+                 passes_on_clock: bool = False):
         self.total, self.budget, self.on_cpu, self.log = total_steps, time_budget, on_cpu, log
+        self.passes_on_clock = passes_on_clock
         self.progressive = len(resolutions) > 1
         self.start: tuple[int, float] | None = None
         self.first_step: int | None = None
@@ -48,8 +50,11 @@ class TimeEstimate:
         at = " at the first resolution (the larger ones later are slower)" if self.progressive else ""
         if self.budget:
             steps = max(0.0, self.budget - clock) / per_step
-            return (f"training for the {duration(self.budget)} budget: about {step + steps:,.0f} steps in all at "
-                    f"{per_step:.3f} s per step{at}")
+            # passes on the clock (budget_includes_eval) take their share of it: an upper bound then
+            about = "at most" if self.passes_on_clock else "about"
+            share = "; validation passes on the clock take their share" if self.passes_on_clock else ""
+            return (f"training for the {duration(self.budget)} budget: {about} {step + steps:,.0f} steps in all at "
+                    f"{per_step:.3f} s per step{at}{share}")
         left = (self.total - step) * per_step
         text = (f"estimated training time: {duration(clock + left)} ({duration(left)} to go, {per_step:.3f} s per "
                 f"step{at}; validation passes come on top)")

@@ -263,7 +263,8 @@ class Trainer:
         # dynamic=False: one static graph per training resolution (progressive resizing) rather than a
         # slower shape-generic graph after the second shape.
         self.forward = torch.compile(self.ddp, mode=mode, dynamic=False) if cfg.compile else self.ddp
-        self.estimate = TimeEstimate(self.total_steps, cfg.time_budget, device.type == "cpu", cfg.resolutions, self.log)
+        self.estimate = TimeEstimate(self.total_steps, cfg.time_budget, device.type == "cpu", cfg.resolutions, self.log,
+                                     passes_on_clock=cfg.budget_includes_eval)
         self.tensorboard = TensorBoard(self.run_dir) if cfg.tensorboard and distributed.is_main() else None
         self.flip_start = None
         if cfg.alt_flip:  # which images start mirrored: fixed by the seed, so resumed runs agree
