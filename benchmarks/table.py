@@ -99,7 +99,9 @@ def _link(file: str, text: str | None = None) -> str:
 
 
 def _pct(mean, std, n) -> str:
-    return f"{100 * mean:.2f} +- {100 * std:.2f} % ({n} seed{'s' * (n > 1)})"
+    if n == 1:  # no spread to show from one seed
+        return f"{100 * mean:.2f} % (1 seed)"
+    return f"{100 * mean:.2f} +- {100 * std:.2f} % ({n} seeds)"
 
 
 def _length(r: dict) -> str:
