@@ -51,8 +51,8 @@ class TimeEstimate:
         if self.budget:
             steps = max(0.0, self.budget - clock) / per_step
             # passes on the clock (budget_includes_eval) take their share of it: an upper bound then
-            about = "at most" if self.passes_on_clock else "about"
-            share = "; validation passes on the clock take their share" if self.passes_on_clock else ""
+            about, share = (("at most", "; validation passes on the clock take their share") if self.passes_on_clock
+                            else ("about", ""))
             return (f"training for the {duration(self.budget)} budget: {about} {step + steps:,.0f} steps in all at "
                     f"{per_step:.3f} s per step{at}{share}")
         left = (self.total - step) * per_step
