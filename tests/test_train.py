@@ -8,7 +8,7 @@ from c100 import UserError, checkpoint
 from c100.augment import Normalize
 from c100.cli import main
 from c100.config import resolve
-from c100.train import WHITEN_IMAGES, build_trainer, l2_penalty, lr_factor, resume, train
+from c100.train import WHITEN_IMAGES, build_trainer, l2_penalty, lr_factor, mixing_at, resume, train
 from conftest import tiny_cfg, write_cifar
 
 
@@ -27,6 +27,16 @@ def test_lr_schedules():
     assert lr_factor(cfg, 99, 100, 50) < 0.05  # a warm-up longer than the run is capped: it still decays
 
 
+def test_mixing_applies_inside_its_window_only():
+    cfg = resolve("default", None, {"cutmix": "1", "mix_from": "0.35", "mix_until": "0.85"})
+    assert [mixing_at(cfg, p) for p in (0.0, 0.34, 0.35, 0.6, 0.849, 0.85, 1.0)] == [
+        False, False, True, True, True, False, False]
+    assert not mixing_at(resolve("default", None, {"mix_from": "0.2"}), 0.5)  # neither MixUp nor CutMix on
+    assert mixing_at(resolve("default", None, {"mixup": "0.4"}), 0.0)  # the defaults: the whole run
+    with pytest.raises(UserError, match=r"--mix-from must be a fraction of training in \[0, --mix-until\)"):
+        resolve("default", None, {"cutmix": "1", "mix_from": "0.9", "mix_until": "0.85"})
+
+
 def test_l2_penalty_matches_tf_l2_loss():
     params = [torch.tensor([1.0, 2.0]), torch.tensor([[3.0]])]
     assert l2_penalty(params).item() == pytest.approx((1 + 4 + 9) / 2)
@@ -34,7 +44,7 @@ def test_l2_penalty_matches_tf_l2_loss():
 
 def test_resumed_run_equals_straight_run(cifar_dir, tmp_path):
     kw = {"ema": "0.9", "label_smoothing": "0.1", "cutout": "8", "l2": "1e-4", "grad_clip": "5", "mixup": "0.4",
-          "cutmix": "1", "mix_until": "0.7"}
+          "cutmix": "1", "mix_from": "0.2", "mix_until": "0.7"}
     straight = train(tiny_cfg(cifar_dir, **kw), tmp_path / "straight", log=lambda *_: None)
 
     def killer(line):  # stop the second run right after epoch 2 is saved, as a kill would

@@ -95,6 +95,8 @@ class TrainConfig:
                            "this a (0 = off; with --cutmix, each batch takes one of the two)")
     cutmix: float = _f(0.0, "CutMix: a box of the reversed batch pasted in, its area from Beta(a, a) with this a "
                             "(0 = off)")
+    mix_from: float = _f(0.0, "fraction of training from which MixUp/CutMix start (the start trains on clean "
+                              "images)")
     mix_until: float = _f(1.0, "fraction of training after which MixUp/CutMix stop (the end trains on clean "
                                "images)")
     normalize: str = _f("cifar100", "cifar100 (CIFAR-100 mean/std) | none (pixels / 255)")
@@ -157,6 +159,9 @@ class TrainConfig:
                             f"{self.freeze_early_at}")
         if not 0 <= self.mix_until <= 1:
             raise UserError(f"--mix-until is a fraction of training in [0, 1], got {self.mix_until}")
+        if not 0 <= self.mix_from < 1 or 0 < self.mix_until <= self.mix_from:
+            raise UserError(f"--mix-from must be a fraction of training in [0, --mix-until), got {self.mix_from} "
+                            f"with --mix-until {self.mix_until}")
         if self.alt_flip and not self.flip:
             raise UserError("--alt-flip needs --flip (it decides which images are mirrored, not whether)")
         self._validate_resolutions()

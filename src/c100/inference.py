@@ -222,54 +222,67 @@ def load_safetensors(path: Path, card: dict) -> nn.Module:
     return model.eval()
 
 
-class OnnxSession:
-    """An exported ONNX network run by onnxruntime on the CPU: normalised float32 NCHW in, logits out."""
+class _Session:
+    """An exported ONNX network run on the CPU by another runtime: normalised float32 NCHW in, logits out.
+    A subclass opens the file (`_open`) and runs a batch (`_run`); loading errors read the same for both."""
 
-    runtime = "onnxruntime"
+    runtime = ""
+    missing = ""  # the one-line fix when the runtime is not installed
 
     def __init__(self, path: Path):
         try:
-            import onnxruntime as ort
+            self._open(path)
         except ImportError:
-            raise UserError("running ONNX needs onnxruntime; pip install 'c100[export]'") from None
-        try:
-            options = ort.SessionOptions()
-            # no busy-waiting between calls: a spinning thread pool takes a core from everything else in
-            # the process (the demo's HTTP threads) and on the machine
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own exception types for bad files
-            raise UserError(f"{path} is not a loadable ONNX model ({str(e).splitlines()[0][:100]})") from None
-        self.input = self.session.get_inputs()[0].name
+            raise UserError(self.missing) from None
+        except Exception as e:  # each runtime raises its own exception types (with long traces) for bad files
+            raise UserError(f"{path} is not a loadable ONNX model ({str(e).strip().splitlines()[0][:100]})") from None
+
+    def _open(self, path: Path) -> None:
+        raise NotImplementedError
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {self.input: np.ascontiguousarray(x.numpy(), dtype=np.float32)})[0]
-        return torch.from_numpy(out)
+        return torch.from_numpy(np.array(self._run(np.ascontiguousarray(x.numpy(), dtype=np.float32))))
 
 
-class OpenVinoSession:
+class OnnxSession(_Session):
+    runtime = "onnxruntime"
+    missing = "running ONNX needs onnxruntime; pip install 'c100[export]'"
+
+    def _open(self, path: Path) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        # no busy-waiting between calls: a spinning thread pool takes a core from everything else in the
+        # process (the demo's HTTP threads) and on the machine
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input: x})[0]
+
+
+class OpenVinoSession(_Session):
     """The same ONNX file (fp32, or ONNX Runtime's int8 QDQ graph, which OpenVINO runs on its own int8
     kernels) compiled by OpenVINO for the CPU: 1.3x ONNX Runtime's int8 img/s at batch 100 on a 2-core
     AVX2 EPYC (benchmarks/results/records/inference-speed-cpu.json)."""
 
     runtime = "openvino"
+    missing = "the openvino backends need OpenVINO; pip install 'c100[openvino]'"
 
-    def __init__(self, path: Path):
-        try:
-            import openvino as ov
-        except ImportError:
-            raise UserError("the openvino backends need OpenVINO; pip install 'c100[openvino]'") from None
-        try:
-            # LATENCY: one stream using every core for each call, which is how Model.logits calls it
-            self.compiled = ov.Core().compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY"})
-        except Exception as e:  # OpenVINO raises RuntimeError with a long trace for bad files
-            raise UserError(f"{path} is not a loadable ONNX model ({str(e).strip().splitlines()[0][:100]})") from None
+    def _open(self, path: Path) -> None:
+        import openvino as ov
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        # LATENCY: one stream using every core for each call, which is how Model.logits calls it
+        self.compiled = ov.Core().compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
         # a request per call: requests are not thread-safe, and the demo calls from several threads
-        request = self.compiled.create_infer_request()
-        out = request.infer({0: np.ascontiguousarray(x.numpy(), dtype=np.float32)})
-        return torch.from_numpy(np.array(out[self.compiled.output(0)]))
+        out = self.compiled.create_infer_request().infer({0: x})
+        return out[self.compiled.output(0)]
 
 
 # -- the model ------------------------------------------------------------------------------------
@@ -283,7 +296,7 @@ class Model:
     """
 
     def __init__(self, card: dict, module: nn.Module | None = None, *,
-                 session: OnnxSession | OpenVinoSession | None = None,
+                 session: _Session | None = None,
                  source: Path | None = None, device: str | torch.device = "auto", precision: str = "fp32",
                  batch_size: int | None = None, channels_last: bool | None = None):
         self.card, self.source, self.precision = card, source, precision

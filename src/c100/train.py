@@ -176,6 +176,11 @@ def resolution_at(cfg: TrainConfig, progress: float) -> int:
     return int(cfg.resolutions[sum(progress >= m for m in cfg.res_milestones)])
 
 
+def mixing_at(cfg: TrainConfig, progress: float) -> bool:
+    """Whether MixUp/CutMix apply at a fraction of training: inside [mix_from, mix_until), when either is on."""
+    return bool(cfg.mixup or cfg.cutmix) and cfg.mix_from <= progress < cfg.mix_until
+
+
 def l2_penalty(params: list[torch.Tensor]) -> torch.Tensor:
     """sum(w^2) / 2 over all trainable weights, as tf.nn.l2_loss computes it."""
     return torch.stack([p.float().pow(2).sum() for p in params]).sum() / 2
@@ -441,7 +446,7 @@ class Trainer:
                 self.freeze_early()
                 lr = self.set_lr()
                 x, lam = resize(x, res), 1.0
-                if plan is not None and self.progress() < cfg.mix_until:
+                if plan is not None and mixing_at(cfg, self.progress()):
                     x, lam = augment.mix(x, plan, i)
                 # train_acc counts the first image's label of a mixed pair
                 logits, loss = self.train_step(x, y, lam)
