@@ -164,3 +164,25 @@ def test_validation_is_the_test_pass_in_eval_precision(cifar_dir, tmp_path):
     fp32_loss = trainer.validate()[0]
     trainer.cfg.eval_precision = "bf16"
     assert abs(trainer.validate()[0] - fp32_loss) > 1e-5  # 4e-5 here; fp32 against evaluate: < 2e-6
+
+
+def test_a_run_with_tta_validates_tests_and_predicts_with_it(cifar_dir, tmp_path):
+    """`tta` belongs to the model: validation during training, `evaluate` and predictions all average
+    each image's and its mirror's probabilities, so the validation curve and the test figure agree."""
+    import c100
+    from c100.evaluate import evaluate, load_eval_split, metrics
+
+    trainer = train(tiny_cfg(cifar_dir, epochs="1", tta=True), tmp_path / "run", log=lambda *_: None)
+    got = evaluate(tmp_path / "run", "val", data_dir=str(cifar_dir))
+    last = trainer.history[-1]
+    assert got["tta"] and "tta_flip" not in evaluate(tmp_path / "run", "val", tta=True, data_dir=str(cifar_dir))
+    assert got["top1"] == pytest.approx(last["val_acc"], abs=1e-6) and got["loss"] == pytest.approx(last["val_loss"])
+    model = c100.load(tmp_path / "run")
+    assert model.tta
+    model.tta = False  # the two views by hand
+    split, meta = load_eval_split(trainer.cfg, "val")
+    x = torch.from_numpy(split.images)
+    by_hand = ((model.logits(x).softmax(1) + model.logits(x, flip=True).softmax(1)) / 2).log()
+    want = metrics(by_hand, split.fine, meta.fine_to_coarse)
+    assert got["top1"] == pytest.approx(want["top1"]) and got["loss"] == pytest.approx(want["loss"], abs=1e-5)
+    assert want["loss"] != pytest.approx(metrics(model.logits(x), split.fine, meta.fine_to_coarse)["loss"], abs=1e-4)

@@ -122,6 +122,20 @@ def test_flip_gives_the_mirror_images_logits():
     assert not torch.allclose(model.logits(x, flip=True), model.logits(x))
 
 
+def test_a_tta_model_averages_each_image_and_its_mirror():
+    torch.manual_seed(0)
+    module = create_model("tiny-net").eval()
+    plain = Model(_card(arch="tiny-net"), module, device="cpu")
+    tta = Model(_card(arch="tiny-net", tta=True), module, device="cpu")
+    assert tta.tta and not plain.tta and not Model(_card(arch="tiny-net", tta=True), module, tta=False).tta
+    x = torch.randint(0, 256, (9, 3, 32, 32), dtype=torch.uint8)
+    want = ((plain.logits(x).softmax(1) + plain.logits(x, flip=True).softmax(1)) / 2).log()
+    torch.testing.assert_close(tta.logits(x), want)
+    torch.testing.assert_close(tta.logits(x.flip(3)), want)  # a mirror-image pair gets one answer
+    torch.testing.assert_close(tta.logits(x).exp().sum(1), torch.ones(9))  # log-probabilities
+    assert [p[0]["label"] for p in tta.predict(x, k=1)] == [tta.classes[i] for i in want.argmax(1)]
+
+
 def test_input_size_resizes_as_training_did():
     torch.manual_seed(0)
     module = create_model("tiny-net").eval()

@@ -123,6 +123,8 @@ class TrainConfig:
                                      "benchmarks/record.py makes: fp32 (the reference, as `c100 evaluate`) | "
                                      "auto | bf16 | fp16 (autocast)")
     eval_batch_size: int = _f(100, "images per evaluation step (100 is fastest on a 2-core CPU; GPUs want ~1000)")
+    tta: bool = _f(False, "flip test-time augmentation as part of the model: validation, test and predictions "
+                          "average each image's and its mirror's probabilities (twice the evaluation time)")
 
     def validate(self) -> TrainConfig:
         from c100.models import list_models

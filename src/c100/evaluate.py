@@ -58,7 +58,7 @@ def measure(model: Model, images: data.Split, meta: data.Meta, tta: bool = False
     x = torch.from_numpy(images.images)
     logits = model.logits(x).cpu()
     result = {**(head or {}), **metrics(logits, images.fine, meta.fine_to_coarse)}
-    if tta:  # the log of the mean of each image's and its mirror's probabilities
+    if tta and not model.tta:  # the log of the mean of each image's and its mirror's probabilities
         mirror = model.logits(x, flip=True).cpu()
         tta_m = metrics((logits.softmax(1) + mirror.softmax(1)).div(2).log(), images.fine, meta.fine_to_coarse)
         result["tta_flip"] = {k: tta_m[k] for k in ("top1", "top5", "superclass", "loss")}
@@ -103,7 +103,7 @@ def evaluate_model(model: Model, split: str = "test", tta: bool = False, data_di
         weights = f"exported ({card.get('dtype', 'float32')}, {model.backend})"
     head = {"checkpoint": str(model.source), "epoch": card["trained"]["epochs"], "split": split,
             "arch": model.arch, "weights": weights, "eval_size": model.input_size, "precision": model.precision,
-            "backend": model.backend}
+            "backend": model.backend, "tta": model.tta}
     result, logits = measure(model, images, meta, tta, head)
     if is_run_checkpoint(model) and model.precision == "fp32":  # the reference path's results only
         ck = model.source
@@ -156,7 +156,7 @@ def checkpoint_config(ck: Path) -> dict:
 
 def format_table(r: dict, worst: int = 5) -> str:
     lines = [f"{r['split']} set, {r['n']} images, {r['arch']} ({r['weights']} weights, epoch {r['epoch']}; "
-             f"{r.get('backend', 'torch fp32')})",
+             f"{r.get('backend', 'torch fp32')}{', flip TTA' if r.get('tta') else ''})",
              f"  top-1       {r['top1']:.2%}", f"  top-5       {r['top5']:.2%}",
              f"  superclass  {r['superclass']:.2%}", f"  loss        {r['loss']:.4f}"]
     if "tta_flip" in r:

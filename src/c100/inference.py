@@ -16,6 +16,7 @@ trained at last (progressive resizing may end below 32 px), and fed through it. 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -298,7 +299,7 @@ class Model:
     def __init__(self, card: dict, module: nn.Module | None = None, *,
                  session: _Session | None = None,
                  source: Path | None = None, device: str | torch.device = "auto", precision: str = "fp32",
-                 batch_size: int | None = None, channels_last: bool | None = None):
+                 batch_size: int | None = None, channels_last: bool | None = None, tta: bool | None = None):
         self.card, self.source, self.precision = card, source, precision
         cfg = card.get("trained", {}).get("config") or {}
         self.arch: str = card["arch"]
@@ -311,6 +312,8 @@ class Model:
         # the 2-core CPU (104 vs 62 img/s); GPU presets set a larger batch
         self.batch_size = int(batch_size or cfg.get("eval_batch_size") or 100)
         self.channels_last = bool(cfg.get("channels_last", True) if channels_last is None else channels_last)
+        # flip TTA, when the model was trained (and validated) with it: every prediction averages the two views
+        self.tta = bool(cfg.get("tta", False) if tta is None else tta)
         self.module, self._session = module, session
         self.net: nn.Module | None = None
         self.device = torch.device("cpu")
@@ -354,11 +357,19 @@ class Model:
     @torch.no_grad()
     def logits(self, images, flip: bool = False, batch_size: int | None = None) -> torch.Tensor:
         """float32 logits, N x classes, on the model's device, for images as `as_batch` takes them;
-        with `flip`, of their mirror images (for flip test-time augmentation)."""
+        with `flip`, of their mirror images (for flip test-time augmentation). A model with `tta` returns
+        the log of the mean of each image's and its mirror's probabilities (the same with `flip`)."""
         x = as_batch(images)
+        bs = batch_size or self.batch_size
+        if not self.tta:
+            return self._forward(x, flip, bs)
+        # log((p + q) / 2) from log p and log q, stable where a probability underflows to 0
+        both = torch.logaddexp(self._forward(x, False, bs).log_softmax(1), self._forward(x, True, bs).log_softmax(1))
+        return both - math.log(2)
+
+    def _forward(self, x: torch.Tensor, flip: bool, bs: int) -> torch.Tensor:
         dev = self.device
         norm = Normalize(self.normalization, dev)
-        bs = batch_size or self.batch_size
         out = []
         for i in range(0, len(x), bs):
             xb = norm(x[i:i + bs].to(dev))
