@@ -236,7 +236,8 @@ class _Session:
         except ImportError:
             raise UserError(self.missing) from None
         except Exception as e:  # each runtime raises its own exception types (with long traces) for bad files
-            raise UserError(f"{path} is not a loadable ONNX model ({str(e).strip().splitlines()[0][:100]})") from None
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise UserError(f"{path} is not a loadable ONNX model ({first[:100]})") from None
 
     def _open(self, path: Path) -> None:
         raise NotImplementedError
