@@ -20,8 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -102,8 +104,10 @@ def main() -> int:
     git = checkpoint.git_revision()  # the code that runs, read before anything can change it
     overrides = parse_sets(args.set)
     per_seed = earlier_seeds(out_dir / f"{name}.json", args, overrides) if args.append else []
+    ran = provenance(record_device(), git)  # this invocation, kept with each of its seeds
     for seed in args.seeds:  # the JSON is rewritten after every seed: a run cut short keeps what finished
-        per_seed.append({**record_seed(args, overrides, seed, name, out_dir), "git": git})
+        per_seed.append({**record_seed(args, overrides, seed, name, out_dir), "git": git,
+                         "command": ran["command"], "started": ran["date"]})
         result = summarise(args, name, overrides, git, per_seed)
         checkpoint.atomic_write_json(out_dir / f"{name}.json", result)
     print(json.dumps({k: v for k, v in result.items() if k != "per_seed"}, indent=2))
@@ -133,6 +137,20 @@ def earlier_seeds(path: Path, args, overrides: dict) -> list[dict]:
     return earlier["per_seed"]
 
 
+def reproduce_command(argv: list[str], seeds: list[int]) -> str:
+    """The invocation `argv` for every seed of the record at once, without --append: what remakes it whole
+    (an appended record's `command` is the last session's, for its seeds only)."""
+    out, in_seeds = [], False
+    for a in argv:
+        if in_seeds and not a.startswith("-"):
+            continue
+        in_seeds = a == "--seeds"
+        if a == "--append" or in_seeds or a.startswith("--seeds="):
+            continue
+        out.append(a)
+    return "python " + shlex.join([*out, "--seeds", *map(str, seeds)])
+
+
 def summarise(args, name: str, overrides: dict, git: str | None, per_seed: list[dict]) -> dict:
     top1 = [p["test_top1"] for p in per_seed if p["test_top1"] is not None]
     val = [p["final_val_acc"] for p in per_seed if p["final_val_acc"] is not None]
@@ -141,6 +159,7 @@ def summarise(args, name: str, overrides: dict, git: str | None, per_seed: list[
         "benchmark": name, "preset": args.preset, "overrides": overrides,
         **provenance(record_device(), git),
         "seeds": [p["seed"] for p in per_seed],
+        "reproduce": reproduce_command(sys.argv, [p["seed"] for p in per_seed]),
         "precision": per_seed[0]["precision"], "eval_precision": per_seed[0]["eval_precision"],
         "epochs": per_seed[0]["epochs"],
         "time_budget": per_seed[0]["config"]["time_budget"],

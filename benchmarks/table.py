@@ -131,7 +131,7 @@ def accuracy_table(results: list[dict]) -> str:
         lines.append(f"| {_link(r['_file'], r['benchmark'])} ({r['preset']}, {_length(r)}{note}) | {r['device']} | "
                      f"{wall / 60:.1f} min | "
                      f"{compile_s} | {_pct(r['test_top1_mean'], r['test_top1_std'], len(r['seeds']))} | "
-                     f"{_target(r)} | `{r['command']}` |")
+                     f"{_target(r)} | `{r.get('reproduce', r['command'])}` |")
     return "\n".join(lines)
 
 

@@ -43,6 +43,11 @@ def test_record_appends_seeds_of_the_same_record_only(tmp_path):
     rec = json.loads((tmp_path / "out" / "cpu-fast.json").read_text())
     assert rec["seeds"] == [0, 1] and len(rec["test_top1"]) == 2 and rec["seeds_planned"] == [0, 1]
     assert all(p["git"] == rec["git"] for p in rec["per_seed"])
+    # each seed keeps the invocation that made it; `reproduce` remakes the whole record in one command
+    assert "--seeds 0" in rec["per_seed"][0]["command"] and "--append" not in rec["per_seed"][0]["command"]
+    assert rec["per_seed"][1]["command"] == rec["command"] and "--seeds 1 --append" in rec["command"]
+    assert rec["reproduce"].endswith(" --seeds 0 1") and "--append" not in rec["reproduce"]
+    assert rec["reproduce"].replace(" --seeds 0 1", "") == rec["command"].replace(" --seeds 1 --append", "")
     again = record("--seeds", "1", "--append")
     assert again.returncode == 1 and again.stderr.strip().endswith("seed 1 is already in " +
                                                                    str(tmp_path / "out" / "cpu-fast.json"))
