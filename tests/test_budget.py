@@ -185,4 +185,4 @@ def test_a_run_with_tta_validates_tests_and_predicts_with_it(cifar_dir, tmp_path
     by_hand = ((model.logits(x).softmax(1) + model.logits(x, flip=True).softmax(1)) / 2).log()
     want = metrics(by_hand, split.fine, meta.fine_to_coarse)
     assert got["top1"] == pytest.approx(want["top1"]) and got["loss"] == pytest.approx(want["loss"], abs=1e-5)
-    assert want["loss"] != pytest.approx(metrics(model.logits(x), split.fine, meta.fine_to_coarse)["loss"], abs=1e-4)
+    assert not torch.allclose(by_hand, model.logits(x).log_softmax(1), atol=1e-4)  # the views really differ
