@@ -246,7 +246,7 @@ class _Session:
         raise NotImplementedError
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(np.array(self._run(np.ascontiguousarray(x.numpy(), dtype=np.float32))))
+        return torch.from_numpy(self._run(np.ascontiguousarray(x.numpy(), dtype=np.float32)))
 
 
 class OnnxSession(_Session):
@@ -284,7 +284,7 @@ class OpenVinoSession(_Session):
     def _run(self, x: np.ndarray) -> np.ndarray:
         # a request per call: requests are not thread-safe, and the demo calls from several threads
         out = self.compiled.create_infer_request().infer({0: x})
-        return out[self.compiled.output(0)]
+        return np.array(out[self.compiled.output(0)])  # a copy: the request that owns the buffer goes away
 
 
 # -- the model ------------------------------------------------------------------------------------
