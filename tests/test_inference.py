@@ -11,7 +11,7 @@ import c100
 from c100 import UserError
 from c100.cli import main
 from c100.export import export
-from c100.inference import Model, as_batch, model_card
+from c100.inference import Model, as_batch, model_card, one_torch_thread
 from c100.models import create_model
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is in the test extra: pip install -e '.[test]'")
@@ -94,6 +94,31 @@ def test_a_damaged_onnx_file_is_a_one_line_error_on_either_runtime(exports, tmp_
         with pytest.raises(UserError, match=r"m\.onnx is not a loadable ONNX model \(") as e:
             c100.load(bad, backend=backend)
         assert "\n" not in str(e.value)
+
+
+def test_another_runtime_gets_the_cores_and_torch_keeps_its_threads(tiny_run, exports):
+    """A session backend preprocesses on one torch thread (libgomp's spinning workers would take the
+    runtime's cores) and gives the thread count back, also when server threads overlap in any order."""
+    import threading
+
+    before = torch.get_num_threads()
+    inside = []
+    with one_torch_thread():
+        inside.append(torch.get_num_threads())
+        with one_torch_thread():
+            inside.append(torch.get_num_threads())
+        inside.append(torch.get_num_threads())
+    assert inside == [1, 1, 1] and torch.get_num_threads() == before
+    onnx = c100.load(exports[1])
+    x = _images(9)
+    ref = c100.load(tiny_run, device="cpu")
+    torch.testing.assert_close(onnx.logits(x, flip=True), ref.logits(x, flip=True), rtol=1e-4, atol=1e-4)
+    threads = [threading.Thread(target=onnx.logits, args=(x,), kwargs={"batch_size": 2}) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert torch.get_num_threads() == before
 
 
 def test_logits_do_not_depend_on_batch_or_layout():

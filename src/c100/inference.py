@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -269,7 +271,7 @@ class OnnxSession(_Session):
 
 class OpenVinoSession(_Session):
     """The same ONNX file (fp32, or ONNX Runtime's int8 QDQ graph, which OpenVINO runs on its own int8
-    kernels) compiled by OpenVINO for the CPU: 1.3x ONNX Runtime's int8 img/s at batch 100 on a 2-core
+    kernels) compiled by OpenVINO for the CPU: 1.2x ONNX Runtime's int8 img/s at batch 100 on a 2-core
     AVX2 EPYC (benchmarks/results/records/inference-speed-cpu.json)."""
 
     runtime = "openvino"
@@ -285,6 +287,31 @@ class OpenVinoSession(_Session):
         # a request per call: requests are not thread-safe, and the demo calls from several threads
         out = self.compiled.create_infer_request().infer({0: x})
         return np.array(out[self.compiled.output(0)])  # a copy: the request that owns the buffer goes away
+
+
+_threads = {"lock": threading.Lock(), "users": 0, "saved": 1}
+
+
+@contextmanager
+def one_torch_thread():
+    """Torch on one thread for the preprocessing of a batch another runtime then runs. A parallel torch op
+    leaves libgomp's worker threads spinning for a while after it, on the cores the runtime's own threads
+    need next: one thread takes every session backend's images/s at batch 100 up by about 2% (1.8-2.5%,
+    medians of 7 rounds side by side on a 2-core EPYC) for a normalise-and-resize that takes under a
+    millisecond (benchmarks/results/records/preprocess-threads-cpu.json).
+    Counted, so that threads of a server entering and leaving in any order restore the setting they found."""
+    with _threads["lock"]:
+        if _threads["users"] == 0:
+            _threads["saved"] = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _threads["users"] += 1
+    try:
+        yield
+    finally:
+        with _threads["lock"]:
+            _threads["users"] -= 1
+            if _threads["users"] == 0:
+                torch.set_num_threads(_threads["saved"])
 
 
 # -- the model ------------------------------------------------------------------------------------
@@ -373,13 +400,15 @@ class Model:
         norm = Normalize(self.normalization, dev)
         out = []
         for i in range(0, len(x), bs):
+            if self._session is not None:
+                with one_torch_thread():
+                    xb = resize(norm(x[i:i + bs]).flip(3) if flip else norm(x[i:i + bs]), self.input_size)
+                out.append(self._session(xb).float())
+                continue
             xb = norm(x[i:i + bs].to(dev))
             if flip:
                 xb = xb.flip(3)
             xb = resize(xb, self.input_size)
-            if self._session is not None:
-                out.append(self._session(xb).float())
-                continue
             if self.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             with autocast(self.precision, dev):
