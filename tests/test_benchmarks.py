@@ -156,6 +156,47 @@ def test_seed_runs_script_dry_run(tmp_path):
     assert "seed-r18-v1" in table and "seed-vgg16-v1" in table and (tmp_path / "compare.png").stat().st_size > 0
 
 
+def test_seed_runs_fixed_epochs_keep_finished_runs_and_resume_killed_ones(tmp_path):
+    """The EPOCHS form spans sessions: a rerun keeps finished runs, resumes one killed before its end,
+    and starts afresh over a folder another form left."""
+    import os
+
+    from c100.config import resolve, save_yaml
+    from conftest import write_cifar
+
+    write_cifar(tmp_path / "data", 600, 200)
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    extra = "--no-check-size --val-size 100 --train-size 100"
+    env = dict(os.environ, CIFAR100_DATA=str(tmp_path / "data"), RUNS=str(runs), OUT=str(out), EPOCHS="1",
+               PLOT=str(tmp_path / "compare.png"), C100=f"{sys.executable} -m c100", PYTHON=sys.executable,
+               EXTRA=extra)
+
+    def script(*presets):
+        r = subprocess.run(["bash", "benchmarks/seed_runs.sh", *presets], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+    script("seed-r18-v1")
+    first = (runs / "seed-r18-v1" / "last.pt").stat().st_mtime_ns
+    # a run killed in its first epoch (its config.yaml, no checkpoint yet), and one of the clock form
+    flags = {"epochs": 1, "data_dir": str(tmp_path / "data"), "check_size": False, "val_size": 100, "train_size": 100}
+    (runs / "seed-vgg16-v1").mkdir()
+    save_yaml(resolve("seed-vgg16-v1", None, {**flags, "precision": "fp32", "eval_precision": "fp32",
+                                              "eval_every": 1}).to_dict(), runs / "seed-vgg16-v1" / "config.yaml")
+    (runs / "seed-r18-v3").mkdir()
+    save_yaml(resolve("seed-r18-v3", None, {**flags, "time_budget": 2}).to_dict(), runs / "seed-r18-v3" / "config.yaml")
+    script("seed-r18-v1", "seed-vgg16-v1", "seed-r18-v3")
+    log = (out / "seed-runs.log").read_text()
+    assert log.count("== seed-r18-v1: c100 train --preset seed-r18-v1 --epochs 1 --precision fp32") == 1
+    assert "== seed-r18-v1: finished earlier (1 epochs" in log
+    assert (runs / "seed-r18-v1" / "last.pt").stat().st_mtime_ns == first
+    assert f"== seed-vgg16-v1: c100 train --resume {runs / 'seed-vgg16-v1'} (at epoch 0 of 1)" in log
+    assert "== seed-r18-v3: c100 train --preset seed-r18-v3 --epochs 1" in log
+    for p in ("seed-r18-v1", "seed-vgg16-v1", "seed-r18-v3"):
+        assert len((out / f"{p}-metrics.csv").read_text().splitlines()) == 2  # header and one epoch
+    assert "seed-r18-v3" in (out / "seed-compare.md").read_text()
+
+
 def test_ship_weights_applies_the_rule(cifar_dir, tmp_path):
     """benchmarks/ship_weights.py measures the file that would ship against the shipped one and replaces
     it only when the margin is met (here a copy of the same model: gain 0, either side of the margin)."""
