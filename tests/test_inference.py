@@ -98,7 +98,7 @@ def test_a_damaged_onnx_file_is_a_one_line_error_on_either_runtime(exports, tmp_
 
 def test_another_runtime_gets_the_cores_and_torch_keeps_its_threads(tiny_run, exports):
     """A session backend preprocesses on one torch thread (libgomp's spinning workers would take the
-    runtime's cores) and gives the thread count back, also when server threads overlap in any order."""
+    runtime's cores) and gives each calling thread its own thread count back (a server's threads too)."""
     import threading
 
     before = torch.get_num_threads()
@@ -113,12 +113,20 @@ def test_another_runtime_gets_the_cores_and_torch_keeps_its_threads(tiny_run, ex
     x = _images(9)
     ref = c100.load(tiny_run, device="cpu")
     torch.testing.assert_close(onnx.logits(x, flip=True), ref.logits(x, flip=True), rtol=1e-4, atol=1e-4)
-    threads = [threading.Thread(target=onnx.logits, args=(x,), kwargs={"batch_size": 2}) for _ in range(4)]
+    counts = []
+
+    def serve_one(n):
+        torch.get_num_threads()  # a thread's first torch call sets it to the process-wide count; then its own
+        torch.set_num_threads(n)
+        onnx.logits(x, batch_size=2)
+        counts.append((n, torch.get_num_threads()))
+
+    threads = [threading.Thread(target=serve_one, args=(n,)) for n in (2, 3, 2, 3)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert torch.get_num_threads() == before
+    assert sorted(counts) == [(2, 2), (2, 2), (3, 3), (3, 3)] and torch.get_num_threads() == before
 
 
 def test_logits_do_not_depend_on_batch_or_layout():

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -289,29 +288,20 @@ class OpenVinoSession(_Session):
         return np.array(out[self.compiled.output(0)])  # a copy: the request that owns the buffer goes away
 
 
-_threads = {"lock": threading.Lock(), "users": 0, "saved": 1}
-
-
 @contextmanager
 def one_torch_thread():
     """Torch on one thread for the preprocessing of a batch another runtime then runs. A parallel torch op
     leaves libgomp's worker threads spinning for a while after it, on the cores the runtime's own threads
     need next: one thread takes every session backend's images/s at batch 100 up by about 2% (1.8-2.5%,
     medians of 7 rounds side by side on a 2-core EPYC) for a normalise-and-resize that takes under a
-    millisecond (benchmarks/results/records/preprocess-threads-cpu.json).
-    Counted, so that threads of a server entering and leaving in any order restore the setting they found."""
-    with _threads["lock"]:
-        if _threads["users"] == 0:
-            _threads["saved"] = torch.get_num_threads()
-            torch.set_num_threads(1)
-        _threads["users"] += 1
+    millisecond (benchmarks/results/records/preprocess-threads-cpu.json). Torch's thread count is a
+    setting of each thread (OpenMP's), so each thread that enters (a server's too) restores its own."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         yield
     finally:
-        with _threads["lock"]:
-            _threads["users"] -= 1
-            if _threads["users"] == 0:
-                torch.set_num_threads(_threads["saved"])
+        torch.set_num_threads(saved)
 
 
 # -- the model ------------------------------------------------------------------------------------
