@@ -13,22 +13,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from provenance import provenance  # benchmarks/ is on sys.path when a script there runs
+from inference_speed import throughput  # benchmarks/ is on sys.path when a script there runs
+from provenance import provenance
 
 import c100.inference as inference
 from c100 import UserError, checkpoint
 from c100.quantize import runnable
-
-
-def images_per_s(model, x: torch.Tensor, batch: int) -> float:
-    t0 = time.perf_counter()
-    model.logits(x, batch_size=batch)
-    return len(x) / (time.perf_counter() - t0)
 
 
 def main() -> int:
@@ -56,7 +50,7 @@ def main() -> int:
             for way, ctx in ways.items():
                 inference.one_torch_thread = ctx
                 try:
-                    speeds[way].append(images_per_s(model, x, args.batch))
+                    speeds[way].append(throughput(model, x, args.batch))
                 finally:
                     inference.one_torch_thread = shipped
         med = {w: round(statistics.median(s), 1) for w, s in speeds.items()}

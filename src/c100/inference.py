@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -390,15 +390,14 @@ class Model:
         norm = Normalize(self.normalization, dev)
         out = []
         for i in range(0, len(x), bs):
+            with one_torch_thread() if self._session is not None else nullcontext():
+                xb = norm(x[i:i + bs].to(dev))
+                if flip:
+                    xb = xb.flip(3)
+                xb = resize(xb, self.input_size)
             if self._session is not None:
-                with one_torch_thread():
-                    xb = resize(norm(x[i:i + bs]).flip(3) if flip else norm(x[i:i + bs]), self.input_size)
                 out.append(self._session(xb).float())
                 continue
-            xb = norm(x[i:i + bs].to(dev))
-            if flip:
-                xb = xb.flip(3)
-            xb = resize(xb, self.input_size)
             if self.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             with autocast(self.precision, dev):
