@@ -228,3 +228,24 @@ def test_ship_weights_applies_the_rule(cifar_dir, tmp_path):
     assert "the old card" not in shipped.with_name(shipped.name + ".json").read_text()
     assert shipped.read_bytes() == before  # the same model, exported the same way: the same bytes
     assert sorted(p.name for p in shipped.parent.iterdir()) == [shipped.name, shipped.name + ".json"]
+
+
+def test_dead_units_finds_a_dead_last_layer(tiny_run):
+    """benchmarks/dead_units.py: a live network has live channels and image-dependent logits; with the
+    last convolution's bias pushed far below zero its ReLU is dead on every image and the answer is one class."""
+    import torch
+
+    import c100
+
+    spec = importlib.util.spec_from_file_location("dead_units", ROOT / "benchmarks" / "dead_units.py")
+    dead_units = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dead_units)
+    images = np.random.default_rng(0).integers(0, 256, (20, 3, 32, 32), dtype=np.uint8)
+    shares, logits = dead_units.dead_channel_shares(c100.load(tiny_run, backend="torch"), images)
+    assert len(shares) == 2 and list(shares.values())[-1][1] < 1 and float(logits.std(0).mean()) > 0
+    model = c100.load(tiny_run, backend="torch")
+    last_conv = [m for m in model.net.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        last_conv.bias.fill_(-1e4)
+    shares, logits = dead_units.dead_channel_shares(model, images)
+    assert list(shares.values())[-1] == ((16, 8, 8), 1.0) and float(logits.std(0).mean()) == 0
