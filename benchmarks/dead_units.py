@@ -1,6 +1,7 @@
-"""Which ReLU units of a trained model never fire? For each ReLU, the share of its channels that are
-zero on every one of the first N images of the training file (the test set is not read), and whether the logits
-still depend on the image. A network whose last ReLU is dead everywhere answers one class for all.
+"""Which ReLU units of a trained model never fire? For each call of an nn.ReLU module, the share of its
+channels that are zero on every one of the first N images of the training file (the test set is not
+read), and whether the logits still depend on the image. A network whose last ReLU is dead everywhere
+answers one class for all. It sees nn.ReLU modules only: `resnet18-seed` calls F.relu and is refused.
 
     python benchmarks/dead_units.py benchmarks/runs/seed/seed-vgg16-v1 --data-dir data
 """
@@ -15,18 +16,24 @@ from c100 import data
 
 
 def dead_channel_shares(model, images: np.ndarray) -> tuple[dict, torch.Tensor]:
+    """{ReLU call: (output shape, share of dead channels)} and the logits. A module called twice per
+    forward pass (torchvision-style blocks reuse one ReLU) gets a row per call: NAME, NAME#2, ..."""
     shares = {}
 
     def hook(name):
         def record(_mod, _inp, out):
+            key = name if name not in shares else f"{name}#{sum(k.split('#')[0] == name for k in shares) + 1}"
             per_channel = out.detach().transpose(0, 1).reshape(out.shape[1], -1)
-            shares[name] = (tuple(out.shape[1:]), float((per_channel.abs().amax(1) == 0).float().mean()))
+            shares[key] = (tuple(out.shape[1:]), float((per_channel.abs().amax(1) == 0).float().mean()))
         return record
 
-    for name, mod in model.net.named_modules():
-        if isinstance(mod, torch.nn.ReLU):
-            mod.register_forward_hook(hook(name))
-    logits = torch.as_tensor(model.logits(images))
+    handles = [mod.register_forward_hook(hook(name)) for name, mod in model.net.named_modules()
+               if isinstance(mod, torch.nn.ReLU)]
+    try:
+        logits = torch.as_tensor(model.logits(images, batch_size=len(images)))  # one pass: one row per call
+    finally:
+        for h in handles:
+            h.remove()
     return shares, logits
 
 
@@ -39,6 +46,8 @@ def main() -> None:
     model = c100.load(args.model, backend="torch")
     splits, _ = data.load(args.data_dir, download_ok=False, splits=("train",))
     shares, logits = dead_channel_shares(model, splits["train"].images[: args.n])
+    if not shares:
+        raise SystemExit(f"dead_units.py: {args.model} has no nn.ReLU modules (it calls F.relu): nothing to see")
     print(f"{args.model}: ReLU outputs on {args.n} training images")
     print("| ReLU | output shape | channels zero on every image |\n|---|---|---|")
     for name, (shape, share) in shares.items():

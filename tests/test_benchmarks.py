@@ -11,6 +11,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def script(name: str):
+    """benchmarks/NAME.py imported as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_record_bad_set_is_one_line(tmp_path):
     p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "record.py"), "--set", "res milestones=0.4",
                         "--no-test", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")],
@@ -66,9 +74,7 @@ def test_results_index_matches_the_files():
 
 
 def test_results_index_names_what_is_missing(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("table", ROOT / "benchmarks" / "table.py")
-    table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(table)
+    table = script("table")
     (tmp_path / "records").mkdir()
     (tmp_path / "records" / "a.json").write_text("{}")
     (tmp_path / "records" / "a.log").write_text("")  # travels with a.json: needs no entry
@@ -237,9 +243,7 @@ def test_dead_units_finds_a_dead_last_layer(tiny_run):
 
     import c100
 
-    spec = importlib.util.spec_from_file_location("dead_units", ROOT / "benchmarks" / "dead_units.py")
-    dead_units = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(dead_units)
+    dead_units = script("dead_units")
     images = np.random.default_rng(0).integers(0, 256, (20, 3, 32, 32), dtype=np.uint8)
     shares, logits = dead_units.dead_channel_shares(c100.load(tiny_run, backend="torch"), images)
     assert len(shares) == 2 and list(shares.values())[-1][1] < 1 and float(logits.std(0).mean()) > 0
