@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from c100 import UserError
 from c100.checkpoint import atomic_write_bytes, atomic_write_text
 from c100.config import read_yaml
+from c100.data import NUM_FINE
 from c100.plots import read_metrics, validated
 
 FIGSIZE, DPI = (13, 4.6), 100  # the PNG is 1300 x 460 px
@@ -132,6 +134,7 @@ def plot_overlay(runs: list[RunSummary], out: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=FIGSIZE, dpi=DPI, constrained_layout=True)
     ax_acc.set(title="Validation accuracy", xlabel="epoch", ylabel="top-1 accuracy (%)")
@@ -146,8 +149,12 @@ def plot_overlay(runs: list[RunSummary], out: Path) -> Path:
     losses = [v for r in runs for v in validated(r.metrics, "val_loss")[1] if v > 0]
     if losses and max(losses) > 100 * min(losses):  # a blow-up (Adam at lr 0.1) would flatten the rest
         ax_loss.set(yscale="log", ylabel="loss (log scale)")
+    # guessing among 100 classes: a run at these lines has learned nothing (or collapsed to one class)
+    ax_acc.axhline(100 / NUM_FINE, color="gray", linestyle="--", linewidth=1, label="chance (1 in 100)")
+    ax_loss.axhline(math.log(NUM_FINE), color="gray", linestyle="--", linewidth=1)
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 1.2, 1.4 ticks
     ax_acc.legend(loc="best", fontsize=8)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
