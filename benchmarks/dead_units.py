@@ -1,7 +1,8 @@
 """Which ReLU units of a trained model never fire? For each call of an nn.ReLU module, the share of its
 channels that are zero on every one of the first N images of the training file (the test set is not
 read), and whether the logits still depend on the image. A network whose last ReLU is dead everywhere
-answers one class for all. It sees nn.ReLU modules only: `resnet18-seed` calls F.relu and is refused.
+answers one class for all. It sees nn.ReLU modules only (every registered network uses them; one that
+calls F.relu is refused).
 
     python benchmarks/dead_units.py benchmarks/runs/seed/seed-vgg16-v1 --data-dir data
 """

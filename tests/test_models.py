@@ -75,6 +75,19 @@ def test_seed_model_shapes_follow_keras_same_padding():
     assert sizes == [30, 4]  # valid stem 32 -> 30; then 30 -> 15 -> 8 -> 4
 
 
+@pytest.mark.parametrize("name, calls", [("resnet18-seed", 17), ("resnet18", 17), ("resnet34", 33), ("vgg16", 13)])
+def test_every_relu_is_a_module(name, calls):
+    """Forward hooks on nn.ReLU see every activation (benchmarks/dead_units.py counts on it): one call for
+    the stem and two per basic block in the ResNets, one per convolution in VGG16."""
+    model, seen = create_model(name).eval(), []
+    for m in model.modules():
+        if isinstance(m, torch.nn.ReLU):
+            m.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+    assert len(seen) == calls
+
+
 def test_unknown_model():
     with pytest.raises(UserError, match="unknown model 'resnet19'; choose one of: .*resnet18"):
         create_model("resnet19")
