@@ -2,7 +2,8 @@
 batch 100, latency at batch 1: median and p99, through `c100.load(..., backend=...)`), against the
 homework's Keras ResNet18 (random weights, TensorFlow CPU in the benchmark-only .venv-keras made by
 benchmarks/keras/setup.sh), for inference and for training (our `seed` preset's trainer, the same
-network and batch 64 at 32 px, against Keras' train_on_batch). Rounds alternate between all of them;
+network and batch 64 at 32 px, in fp32 and, on CPUs with native bf16, also in bf16, against Keras'
+train_on_batch in fp32). Rounds alternate between all of them;
 medians are reported. Test top-1 per backend comes from `c100 quantize default` (run it first; it
 measures the test set once per backend on this CPU).
 
@@ -26,6 +27,7 @@ from throughput import sliced_trainer
 
 import c100
 from c100 import checkpoint
+from c100.device import cpu_has_native_bf16
 from c100.quantize import BACKENDS, cached, runnable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,26 +71,33 @@ def main() -> int:
     names = [n for n in BACKENDS if runnable(n)]
     models = {n: c100.load("default", device="cpu", backend=n) for n in names}
     x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (args.images, 3, 32, 32), dtype=np.uint8))
-    trainer = sliced_trainer(argparse.Namespace(model="resnet18-seed", batch_size=64, data_dir=args.data_dir,
-                                                precision="fp32", device="cpu", steps=args.train_steps),
-                             resolutions=[32])
+    # ours in fp32 (Keras' precision) and, where the CPU has native bf16, in bf16: what `--precision auto`
+    # trains in there
+    precisions = ["fp32", "bf16"] if cpu_has_native_bf16() else ["fp32"]
+    trainers = {p: sliced_trainer(argparse.Namespace(model="resnet18-seed", batch_size=64, data_dir=args.data_dir,
+                                                     precision=p, device="cpu", steps=args.train_steps),
+                                  resolutions=[32]) for p in precisions}
     for m in models.values():  # warm-up, not timed
         m.logits(x[:200])
-    trainer.train_one_epoch()
+    for trainer in trainers.values():
+        trainer.train_one_epoch()
     rounds = []
     for r in range(args.rounds):
         row = {}
         for n, m in models.items():
             row[n] = {"images_per_s": throughput(m, x, 100), **latency(m, x, args.latency_calls)}
-        row["ours_train_images_per_s"] = trainer.train_one_epoch()["images_per_s"]
+        row["ours_train_images_per_s"] = trainers["fp32"].train_one_epoch()["images_per_s"]
+        if "bf16" in trainers:
+            row["ours_train_bf16_images_per_s"] = trainers["bf16"].train_one_epoch()["images_per_s"]
         k = keras_round(args.keras_python)
         row["keras"] = {"images_per_s": k["inference"]["median_images_per_s"],
                         "median_ms": k["latency"]["median_of_medians_ms"], "p99_ms": k["latency"]["median_of_p99_ms"],
                         "train_images_per_s": k["train"]["median_images_per_s"]}
         rounds.append(row)
         print(f"round {r}: " + ", ".join(f"{n} {row[n]['images_per_s']:.0f} img/s" for n in [*names, "keras"]) +
-              f"; training: ours {row['ours_train_images_per_s']:.1f}, keras {row['keras']['train_images_per_s']:.1f}"
-              " img/s", flush=True)
+              f"; training: ours {row['ours_train_images_per_s']:.1f}"
+              + (f" (bf16 {row['ours_train_bf16_images_per_s']:.1f})" if "bf16" in trainers else "")
+              + f", keras {row['keras']['train_images_per_s']:.1f} img/s", flush=True)
 
     def med(path):
         values = [r for r in rounds]
@@ -105,13 +114,17 @@ def main() -> int:
         backends[n] = {"images_per_s": ips, "median_ms": med([n, "median_ms"]), "p99_ms": med([n, "p99_ms"]),
                        "x_keras": round(ips / keras["images_per_s"], 2),
                        "test_top1": measured["backends"].get(n, {}).get("test", {}).get("top1")}
+    bf16 = med(["ours_train_bf16_images_per_s"]) if "bf16" in trainers else None
     result = {"benchmark": "inference-speed", **provenance(torch.device("cpu")), "model": "resnet18 (shipped)",
               "batch": 100, "rounds": rounds, "backends": backends, "keras": keras,
               "training": {"ours_images_per_s": med(["ours_train_images_per_s"]),
                            "keras_images_per_s": keras["train_images_per_s"],
                            "ratio": round(med(["ours_train_images_per_s"]) / keras["train_images_per_s"], 2),
-                           "what": "resnet18-seed (the homework's network) at batch 64, 32 px, fp32, our trainer "
-                                   "(seeded batches, augmentation) against Keras train_on_batch"},
+                           **({"ours_bf16_images_per_s": bf16,
+                               "ratio_bf16": round(bf16 / keras["train_images_per_s"], 2)} if bf16 else {}),
+                           "what": "resnet18-seed (the homework's network) at batch 64, 32 px, our trainer (seeded "
+                                   "batches, augmentation) in fp32 (and bf16 autocast where the CPU has native bf16) "
+                                   "against Keras train_on_batch (fp32)"},
               "auto": measured["auto"], "accuracy_measured_on": measured["cpu"]}
     checkpoint.atomic_write_json(Path(args.out), result)
     for n, b in backends.items():
@@ -120,7 +133,9 @@ def main() -> int:
               f"median, {b['p99_ms']:.1f} ms p99  test top-1 {top1}")
     print(f"keras         {keras['images_per_s']:7.1f} img/s  batch 1: {keras['median_ms']:.1f} ms median, "
           f"{keras['p99_ms']:.1f} ms p99; training {keras['train_images_per_s']:.1f} img/s against ours "
-          f"{result['training']['ours_images_per_s']:.1f} -> {args.out}")
+          f"{result['training']['ours_images_per_s']:.1f}"
+          + (f" (bf16: {result['training']['ours_bf16_images_per_s']:.1f})" if "bf16" in trainers else "")
+          + f" -> {args.out}")
     return 0
 
 

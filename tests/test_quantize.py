@@ -117,3 +117,26 @@ def test_auto_falls_back_to_what_this_environment_runs(tiny_run, cache, monkeypa
     table.write_text("{not json")
     monkeypatch.undo()
     assert choose(path) == "torch"
+
+
+def test_cpus_of_one_model_name_with_other_extensions_are_told_apart(tiny_run):
+    """One model name ("AMD EPYC") has come with AVX2 only and with AVX512-BF16 and VNNI, 2x apart in int8
+    and bf16: a backend table measured on one is not the other's, so the CPU's name carries its extensions."""
+    from c100 import checkpoint
+
+    assert checkpoint.cpu_features("flags\t: fpu sse avx2 fma\n") == "AVX2"
+    assert checkpoint.cpu_features("flags\t: avx2 avx512f avx512_vnni avx512_bf16\n") == "AVX512 VNNI BF16"
+    assert checkpoint.cpu_features("flags\t: avx2 avx512f avx512_vnni avx512_bf16 amx_tile\n") == "AVX512 VNNI BF16 AMX"
+    assert checkpoint.cpu_features("") == ""
+    here = checkpoint.device_name(torch.device("cpu"))
+    assert here.endswith(")") and "cores" in here
+    path = tiny_run / "last.pt"
+    table = cached(path, "backends")
+    table.parent.mkdir(parents=True, exist_ok=True)
+    rows = {"torch": {"test": {"top1": 0.6}, "images_per_s": 100}, "int8": {"test": {"top1": 0.6}, "images_per_s": 300}}
+    other = "AMD EPYC (2 cores, AVX2)" if "AVX512" in here else "AMD EPYC (2 cores, AVX512 VNNI BF16)"
+    table.write_text(json.dumps({"cpu": other, "backends": rows, "auto": "int8"}))
+    assert choose(path) == "torch"
+    table.write_text(json.dumps({"cpu": here, "backends": rows, "auto": "int8"}))
+    assert choose(path) == "int8"
+    table.unlink()  # the other tests' tiny run has no int8 measurement
