@@ -119,7 +119,7 @@ def test_auto_falls_back_to_what_this_environment_runs(tiny_run, cache, monkeypa
     assert choose(path) == "torch"
 
 
-def test_cpus_of_one_model_name_with_other_extensions_are_told_apart(tiny_run):
+def test_cpus_of_one_model_name_with_other_extensions_are_told_apart(tiny_run, cache):
     """One model name ("AMD EPYC") has come with AVX2 only and with AVX512-BF16 and VNNI, 2x apart in int8
     and bf16: a backend table measured on one is not the other's, so the CPU's name carries its extensions."""
     from c100 import checkpoint
@@ -139,4 +139,3 @@ def test_cpus_of_one_model_name_with_other_extensions_are_told_apart(tiny_run):
     assert choose(path) == "torch"
     table.write_text(json.dumps({"cpu": here, "backends": rows, "auto": "int8"}))
     assert choose(path) == "int8"
-    table.unlink()  # the other tests' tiny run has no int8 measurement
