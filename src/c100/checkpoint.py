@@ -348,10 +348,20 @@ CPU_FEATURES = (("avx2", "AVX2"), ("avx512f", "AVX512"), ("avx512_vnni", "VNNI")
                 ("amx_tile", "AMX"))
 
 
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The flags line of /proc/cpuinfo (or of the text given), as a set; empty where there is none."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return set()
+    return set(next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines()
+                     if line.startswith("flags")), []))
+
+
 def cpu_features(cpuinfo: str) -> str:
     """'AVX512 VNNI BF16' from /proc/cpuinfo's flags (AVX2 left out where AVX512 is there)."""
-    flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines()
-                      if line.startswith("flags")), []))
+    flags = cpu_flags(cpuinfo)
     names = [name for flag, name in CPU_FEATURES if flag in flags]
     return " ".join(n for n in names if not (n == "AVX2" and "AVX512" in names))
 

@@ -171,7 +171,7 @@ def quantize(source: str | Path, data_dir: str | None = None, which: str = "last
 
     out = cached(path, "int8")
     t0 = time.perf_counter()
-    vnni = bool(_cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    vnni = bool(checkpoint.cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
     # the stem and the classifier stay fp32: quantizing them cost 1.4 val points, keeping them 0
     # (benchmarks/results/sweeps/13-int8-calibration)
     settings = {"reduce_range": not vnni, "method": METHOD, "exclude": edge_nodes(fp32)}
@@ -270,11 +270,3 @@ def measure_backends(path: Path, data_dir: str | None, log=print, batch: int = 1
     return table
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
