@@ -139,3 +139,16 @@ def test_cpus_of_one_model_name_with_other_extensions_are_told_apart(tiny_run, c
     assert choose(path) == "torch"
     table.write_text(json.dumps({"cpu": here, "backends": rows, "auto": "int8"}))
     assert choose(path) == "int8"
+
+
+def test_auto_precision_is_bf16_only_on_cpus_with_native_bf16(monkeypatch):
+    """On AVX2 alone bf16 is emulated (~15x slower than fp32), so auto must keep fp32 there."""
+    from c100 import device
+
+    cpu = torch.device("cpu")
+    for flags, expected in [({"avx2", "fma"}, "fp32"), ({"avx2", "avx512f", "avx512_vnni"}, "fp32"),
+                            ({"avx2", "avx512f", "avx512_bf16"}, "bf16"), ({"avx2", "amx_tile", "amx_bf16"}, "bf16"),
+                            (set(), "fp32")]:
+        monkeypatch.setattr(device, "cpu_flags", lambda flags=flags: flags)
+        assert device.resolve_precision("auto", cpu) == expected, flags
+    assert device.resolve_precision("fp32", cpu) == "fp32"
