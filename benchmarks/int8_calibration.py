@@ -19,7 +19,7 @@ from provenance import provenance  # benchmarks/ is on sys.path when a script th
 from c100 import checkpoint
 from c100.evaluate import evaluate
 from c100.inference import load, packaged_weights, sidecar_path
-from c100.quantize import calibration_batches, calibration_images, edge_nodes, onnx_fp32, write_int8
+from c100.quantize import VNNI_FLAGS, calibration_batches, calibration_images, edge_nodes, onnx_fp32, write_int8
 
 
 def main() -> int:
@@ -58,7 +58,7 @@ def main() -> int:
                          "quantize_s": round(seconds, 1)})
             print(f"{name}: val top-1 {top1:.2%} ({100 * (top1 - ref):+.2f} points), {seconds:.0f} s", flush=True)
     result = {"benchmark": "int8-calibration", **provenance(torch.device("cpu")), "weights": weights.name,
-              "cpu_int8_flags": sorted(checkpoint.cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8", "avx2"}),
+              "cpu_int8_flags": sorted(checkpoint.cpu_flags() & (VNNI_FLAGS | {"avx2"})),
               "calibration_images": len(x), "fp32_val_top1": ref, "rows": rows}
     checkpoint.atomic_write_json(Path(args.out), result)
     print(f"-> {args.out}")

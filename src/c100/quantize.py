@@ -35,6 +35,7 @@ BACKENDS = ("torch", "torch-bf16", "onnx", "int8", "openvino", "openvino-int8")
 TOLERANCE = 0.005  # auto takes a faster backend only within 0.5 points of torch fp32's test top-1
 CALIBRATION_IMAGES = 1000
 METHOD = "minmax"  # activation ranges from the calibration images (see benchmarks/int8_calibration.py)
+VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}  # int8 dot products without 16-bit overflow: 8-bit weights
 
 
 def cache_dir() -> Path:
@@ -171,7 +172,7 @@ def quantize(source: str | Path, data_dir: str | None = None, which: str = "last
 
     out = cached(path, "int8")
     t0 = time.perf_counter()
-    vnni = bool(checkpoint.cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    vnni = bool(checkpoint.cpu_flags() & VNNI_FLAGS)
     # the stem and the classifier stay fp32: quantizing them cost 1.4 val points, keeping them 0
     # (benchmarks/results/sweeps/13-int8-calibration)
     settings = {"reduce_range": not vnni, "method": METHOD, "exclude": edge_nodes(fp32)}
@@ -268,5 +269,3 @@ def measure_backends(path: Path, data_dir: str | None, log=print, batch: int = 1
     checkpoint.atomic_write_json(cached(path, "backends"), table)
     log(f"auto: {auto} (the fastest within {TOLERANCE:.1%} of torch fp32's test top-1 on this CPU)")
     return table
-
-
