@@ -225,3 +225,28 @@ def test_freeze_stem_keeps_the_whitened_filters(cifar_dir, tmp_path):
     assert torch.equal(end["0.weight"], start["0.weight"])  # weight decay did not shrink it either
     moved = [k for k in start if k.endswith("weight") and not torch.equal(end[k], start[k])]
     assert moved and "0.weight" not in moved
+
+
+def test_init_from_starts_at_the_source_weights_and_fine_tunes(cifar_dir, tiny_run, tmp_path):
+    source = checkpoint.load(tiny_run / "last.pt")["model"]
+    cfg = tiny_cfg(cifar_dir, init_from=str(tiny_run), whiten_stem="true", epochs="1", lr="0.01")
+    start = build_trainer(cfg, tmp_path / "fresh", log=lambda *_: None).model.state_dict()
+    assert all(torch.equal(start[k], source[k]) for k in source)  # every tensor, BN statistics included
+    end = checkpoint.load(train(cfg, tmp_path / "ft", log=lambda *_: None).run_dir / "last.pt")
+    assert end["config"]["init_from"] == str(tiny_run)
+    assert not torch.equal(end["model"]["0.weight"], source["0.weight"])  # it trained from there
+
+
+def test_init_from_refuses_another_split_or_architecture(cifar_dir, tiny_run, tmp_path, capsys):
+    cases = [({"seed": "3"}, "pass --seed 0 --val-size 100"),
+             ({"val_size": "50"}, "pass --seed 0 --val-size 100"),
+             ({"model": "resnet18"}, "is a tiny-net, not a resnet18; pass --model tiny-net")]
+    for flags, message in cases:
+        with pytest.raises(UserError, match=message):
+            build_trainer(tiny_cfg(cifar_dir, init_from=str(tiny_run), **flags), tmp_path / "x", log=print)
+    argv = ["train", "--model", "tiny-net", "--data-dir", str(cifar_dir), "--no-download", "--no-check-size",
+            "--val-size", "100", "--init-from", str(tmp_path / "missing"), "--out", str(tmp_path / "y")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("c100: error:") and "\n" not in err and "missing" in err
+    assert not (tmp_path / "y").exists()

@@ -49,6 +49,10 @@ class TrainConfig:
     train_size: int = _f(0, "use a stratified subset of this many training images (0 = all that are not "
                             "validation): short experiments on a CPU")
     seed: int = _f(0, "seeds the split, the initialisation and every batch")
+    init_from: str = _f("", "start from a trained model's weights instead of a random initialisation (fine-"
+                            "tuning, e.g. at another resolution): 'default', a run folder (its last.pt), or a .pt "
+                            "or .safetensors file of --model's architecture; it must have trained on this run's "
+                            "split (same --seed and --val-size)")
     # optimisation
     epochs: int = _f(30, "training epochs")
     batch_size: int = _f(128, "images per step: the global batch, split evenly over torchrun's processes")

@@ -110,7 +110,9 @@ def build_model(cfg: TrainConfig, device: torch.device, train_x: torch.Tensor) -
     with torch.random.fork_rng(devices=[]):  # create_model initialises on the CPU
         torch.manual_seed(cfg.seed)
         model = create_model(cfg.model).to(device)
-    if cfg.whiten_stem:  # from training images only; the same on every process, so DDP needs no broadcast
+    if cfg.init_from:  # the source's stem replaces any whitening (it was whitened, or trained, already)
+        init_weights(model, cfg)
+    elif cfg.whiten_stem:  # from training images only; the same on every process, so DDP needs no broadcast
         whiten_stem(model, Normalize(cfg.normalize, device)(train_x[:WHITEN_IMAGES]))
     if cfg.freeze_stem:  # no gradient, so neither SGD nor weight decay moves it
         stem_conv(model, "--freeze-stem").weight.requires_grad_(False)
@@ -119,6 +121,29 @@ def build_model(cfg: TrainConfig, device: torch.device, train_x: torch.Tensor) -
     if cfg.sync_bn:
         model = distributed.sync_batchnorm(model, device)
     return model
+
+
+def init_weights(model: nn.Module, cfg: TrainConfig) -> None:
+    """Copy the weights of the trained model `cfg.init_from` into `model` (on any device, in place), once
+    it is checked to be of the same architecture and to have held out the same validation images: a
+    source that trained on this run's validation images would make its validation accuracy a lie."""
+    from c100.inference import load
+
+    try:
+        source = load(cfg.init_from, device="cpu", backend="torch")
+    except UserError as e:
+        raise UserError(f"--init-from: {e}") from None
+    if source.arch != cfg.model:
+        raise UserError(f"--init-from {cfg.init_from} is a {source.arch}, not a {cfg.model}; pass --model "
+                        f"{source.arch} or another source")
+    trained = source.card.get("trained", {}).get("config") or {}
+    split = (trained.get("seed"), trained.get("val_size"))
+    if cfg.val_size and trained and split != (cfg.seed, cfg.val_size):
+        fix = ("--val-size 0" if not split[1] else f"--seed {split[0]} --val-size {split[1]}")
+        raise UserError(f"--init-from {cfg.init_from} trained on other images than this run's training split, "
+                        f"so this run's validation images may be ones it learned; pass {fix}")
+    with torch.no_grad():
+        model.load_state_dict(source.module.state_dict())
 
 
 def peak_lr(cfg: TrainConfig) -> float:
