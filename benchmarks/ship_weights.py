@@ -14,6 +14,7 @@ rerun `python benchmarks/shipped_weights.py --data-dir data`.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 
@@ -39,15 +40,19 @@ def main() -> int:
         file, side = export(args.candidate, "safetensors", args.checkpoint, out=Path(tmp) / shipped.name, half=True)
         if (arch := load_sidecar(file)["arch"]) != "resnet18":  # before reading the test set
             raise UserError(f"the shipped model is a ResNet18; {args.candidate} is a {arch}")
-        scores = {}
+        scores, results = {}, {}
         for what, source in (("candidate", file), ("shipped", shipped)):
-            r = evaluate(source, "test", data_dir=args.data_dir, device="cpu", backend="torch")
+            r = results[what] = evaluate(source, "test", data_dir=args.data_dir, device="cpu", backend="torch")
             scores[what] = r["top1"]
             print(f"{what:<9} {source}: test top-1 {r['top1']:.2%} (torch fp32, {r['n']} images)", flush=True)
         gain = scores["candidate"] - scores["shipped"]
         ok = gain >= args.margin
         print(f"gain {100 * gain:+.2f} points: {'meets' if ok else 'misses'} the rule (>= {100 * args.margin:.0f})")
         if ok and args.apply:
+            # the card says what this very file scored (`c100 evaluate` prints it as "recorded at export")
+            card = json.loads(side.read_text())
+            card["accuracy"] = {"test": {k: results["candidate"][k] for k in ("top1", "top5", "superclass", "n")}}
+            checkpoint.atomic_write_json(side, card)
             # each file whole or not at all; a crash between the two: `git checkout src/c100/weights`
             for src in (file, side):
                 checkpoint.atomic_write_bytes(shipped.with_name(src.name), src.read_bytes())

@@ -44,7 +44,8 @@ def main() -> int:
         "weights": str(weights.relative_to(weights.parents[3])),
         "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(), "dtype": card.get("dtype"),
         "arch": card["arch"], "input_size": card["input"]["shape"][-1],
-        "trained": {"preset": "cpu-fast", "seed": trained["config"]["seed"],
+        # the last training only: a fine-tune (init_from) started from a model trained before it
+        "trained": {"seed": trained["config"]["seed"], "init_from": trained["config"].get("init_from") or None,
                     "precision": trained["config"]["precision"], "time_budget": trained["config"]["time_budget"],
                     "device": (trained.get("environment") or {}).get("device_name")},
         "recorded_at_export": card.get("accuracy", {}).get("test"),

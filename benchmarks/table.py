@@ -252,9 +252,11 @@ def readme_table(records: list[dict]) -> str:
 def shipped_row(r: dict) -> str:
     """The shipped weights re-measured (benchmarks/shipped_weights.py): one model, every backend agreeing."""
     t, tops = r["trained"], {f"{100 * x['top1']:.2f}" for x in r["rows"]}
+    length = f"{t['time_budget']:g} s of " + (f"fine-tuning {Path(t['init_from']).name}" if t.get("init_from")
+                                              else "training")
     agree = " (the same through " + " and ".join(x["backend"] for x in r["rows"]) + ")" if len(tops) == 1 else ""
     return (f"| {r['_entry']['row']} | trained on {t['device']}, re-measured on {r['device']} | "
-            f"trained {t['precision']}, weights {r['dtype']}, evaluated fp32 | {t['time_budget']:g} s of training | "
+            f"trained {t['precision']}, weights {r['dtype']}, evaluated fp32 | {length} | "
             f"{100 * r['test_top1']:.2f} % (1 model; {100 * r['rows'][0]['tta_top1']:.2f} % with flip TTA){agree} | "
             f"[{Path(r['_file']).name}](benchmarks/results/{r['_file']}) |")
 

@@ -231,7 +231,9 @@ def test_ship_weights_applies_the_rule(cifar_dir, tmp_path):
     assert "the old card" in shipped.with_name(shipped.name + ".json").read_text()
     r = ship("-0.001")
     assert r.returncode == 0 and "meets the rule" in r.stdout and "shipped: " in r.stdout, r.stdout + r.stderr
-    assert "the old card" not in shipped.with_name(shipped.name + ".json").read_text()
+    card = json.loads(shipped.with_name(shipped.name + ".json").read_text())
+    assert "marker" not in card and card["accuracy"]["test"]["n"] == 500  # what the shipped file scored
+    assert f"test top-1 {card['accuracy']['test']['top1']:.2%}" in r.stdout
     assert shipped.read_bytes() == before  # the same model, exported the same way: the same bytes
     assert sorted(p.name for p in shipped.parent.iterdir()) == [shipped.name, shipped.name + ".json"]
 
