@@ -250,3 +250,23 @@ def test_init_from_refuses_another_split_or_architecture(cifar_dir, tiny_run, tm
     err = capsys.readouterr().err.strip()
     assert err.startswith("c100: error:") and "\n" not in err and "missing" in err
     assert not (tmp_path / "y").exists()
+
+
+def test_a_fine_tune_resumes_without_its_source(cifar_dir, tiny_run, tmp_path):
+    import shutil
+
+    source = tmp_path / "source"
+    shutil.copytree(tiny_run, source)
+    cfg = tiny_cfg(cifar_dir, init_from=str(source), epochs="2")
+    straight = train(cfg, tmp_path / "straight", log=lambda *_: None)
+
+    def killer(line):
+        if line.startswith("epoch   1"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "killed", log=killer)
+    shutil.rmtree(source)  # its checkpoint holds the weights: the source is not needed any more
+    resumed = resume(tmp_path / "killed", log=lambda *_: None)
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k

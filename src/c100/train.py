@@ -104,14 +104,16 @@ def load_data(cfg: TrainConfig, device: torch.device) -> Tensors:
                    put(val.fine) if val else None, meta)
 
 
-def build_model(cfg: TrainConfig, device: torch.device, train_x: torch.Tensor) -> nn.Module:
+def build_model(cfg: TrainConfig, device: torch.device, train_x: torch.Tensor, init: bool = True) -> nn.Module:
     """The network to train, on `device`: initialised from the seed alone (the global generator is left
-    as it was), its stem whitened and frozen as the config says, in its memory layout."""
+    as it was), its stem whitened and frozen as the config says, in its memory layout. Without `init`
+    (a resume: its checkpoint holds the weights) `--init-from` is not read, so a run outlives its source."""
     with torch.random.fork_rng(devices=[]):  # create_model initialises on the CPU
         torch.manual_seed(cfg.seed)
         model = create_model(cfg.model).to(device)
     if cfg.init_from:  # the source's stem replaces any whitening (it was whitened, or trained, already)
-        init_weights(model, cfg)
+        if init:
+            init_weights(model, cfg)
     elif cfg.whiten_stem:  # from training images only; the same on every process, so DDP needs no broadcast
         whiten_stem(model, Normalize(cfg.normalize, device)(train_x[:WHITEN_IMAGES]))
     if cfg.freeze_stem:  # no gradient, so neither SGD nor weight decay moves it
@@ -577,12 +579,13 @@ def _check_fresh(run_dir: Path) -> None:
                         f"permission); pass another --out")
 
 
-def build_trainer(cfg: TrainConfig, run_dir: Path | str, log=print, on_epoch=None) -> Trainer:
-    """A Trainer with its parts made from `cfg`: device, data on the device, model, optimizer."""
+def build_trainer(cfg: TrainConfig, run_dir: Path | str, log=print, on_epoch=None, init: bool = True) -> Trainer:
+    """A Trainer with its parts made from `cfg`: device, data on the device, model (see build_model's
+    `init`), optimizer."""
     cfg, device = prepare(cfg)
     with distributed.main_first():  # rank 0 downloads (if need be); the others then find the files
         tensors = load_data(cfg, device)
-    model = build_model(cfg, device, tensors.train_x)
+    model = build_model(cfg, device, tensors.train_x, init)
     return Trainer(cfg, Path(run_dir), model, build_optimizer(cfg, model), tensors, device, log, on_epoch)
 
 
@@ -662,7 +665,7 @@ def resume(run_dir: Path | str, overrides: dict | None = None, log=print) -> Tra
 def resume_from(run_dir: Path | str, cfg: TrainConfig, state: dict | None, log=print) -> Trainer:
     """resume() from what resume_point() read (the CLI reads it once, to set the process up first)."""
     run_dir = Path(run_dir)
-    trainer = build_trainer(cfg, run_dir, log)
+    trainer = build_trainer(cfg, run_dir, log, init=state is None)  # a checkpoint holds the weights
     if distributed.is_main():  # the only writer of the folder
         for p in checkpoint.remove_stale_temps(run_dir):
             trainer.log(f"removed {p.name}, left by a write that was interrupted")
