@@ -9,7 +9,8 @@ import torch
 from c100 import UserError
 from c100.augment import AugmentSpec, Normalize, alternating_flips, resize, train_batches
 from c100.config import resolve
-from c100.train import build_trainer, lr_factor, resolution_at, train
+from c100.schedule import lr_factor, resolution_at
+from c100.train import build_trainer, train
 from conftest import tiny_cfg
 
 

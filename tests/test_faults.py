@@ -34,7 +34,8 @@ import torch
 from c100 import UserError, checkpoint
 from c100 import train as train_mod
 from c100.cli import main
-from c100.train import Diverged, build_trainer, lr_factor, train
+from c100.schedule import lr_factor
+from c100.train import Diverged, build_trainer, train
 from conftest import tiny_cfg
 
 HERE = Path(__file__).resolve().parent

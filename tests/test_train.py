@@ -8,7 +8,8 @@ from c100 import UserError, checkpoint
 from c100.augment import Normalize
 from c100.cli import main
 from c100.config import resolve
-from c100.train import WHITEN_IMAGES, build_trainer, l2_penalty, lr_factor, mixing_at, resume, train
+from c100.schedule import lr_factor, mixing_at
+from c100.train import WHITEN_IMAGES, build_trainer, l2_penalty, resume, train
 from conftest import tiny_cfg, write_cifar
 
 

@@ -14,7 +14,6 @@ import csv
 import dataclasses
 import io
 import itertools
-import math
 import os
 import sys
 import time
@@ -37,6 +36,7 @@ from c100.models.cpu_conv import gemm_weight_grad
 from c100.models.resnet import early_parameters
 from c100.models.whiten import stem_conv, whiten_stem
 from c100.progress import TensorBoard, TimeEstimate
+from c100.schedule import lr_factor, mixing_at, peak_lr, resolution_at
 
 WHITEN_IMAGES = 5000  # enough for a stable 27 x 27 patch covariance (5000 x 900 patches)
 CSV_FIELDS = ["epoch", "lr", "res", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_s", "images_per_s",
@@ -148,11 +148,6 @@ def init_weights(model: nn.Module, cfg: TrainConfig) -> None:
         model.load_state_dict(source.module.state_dict())
 
 
-def peak_lr(cfg: TrainConfig) -> float:
-    """--lr, scaled linearly with the global batch when --lr-ref-batch names the batch it was tuned for."""
-    return cfg.lr * cfg.batch_size / cfg.lr_ref_batch if cfg.lr_ref_batch else cfg.lr
-
-
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     # Weight decay on conv/linear weights only: decaying BN scales and biases only hurts.
     decay = [p for p in model.parameters() if p.ndim > 1]
@@ -163,49 +158,6 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     return cls(groups, lr=lr, betas=(cfg.momentum, 0.999), eps=cfg.adam_eps)
-
-
-def lr_factor(cfg: TrainConfig, step: int, total: int, per_epoch: int, progress: float | None = None) -> float:
-    """Multiplier of the peak lr at optimizer step `step` (0-based) of `total`.
-
-    With a time budget, `progress` is the fraction of the budget spent and the schedule follows it:
-    the warm-up still counts steps, the decay follows the clock, and the lower of the two wins."""
-    if cfg.schedule == "constant":
-        return 1.0
-    if cfg.schedule == "inverse-time":  # Keras' legacy `decay`: lr / (1 + decay * iterations)
-        return 1.0 / (1.0 + cfg.lr_decay * step)
-    if progress is not None:
-        return _budget_factor(cfg, step, per_epoch, progress)
-    if cfg.schedule == "multistep":
-        return cfg.gamma ** sum(step >= m * total for m in cfg.milestones)
-    warm = min(cfg.warmup_epochs * per_epoch, total // 4)  # short runs keep most steps for the decay
-    if step < warm:
-        return (step + 1) / (warm + 1)
-    p = (step - warm) / max(1.0, total - warm)
-    if cfg.schedule == "onecycle":  # linear warm-up, then linear decay to zero
-        return 1.0 - p
-    return 0.5 * (1.0 + math.cos(math.pi * p))  # cosine to zero
-
-
-def _budget_factor(cfg: TrainConfig, step: int, per_epoch: int, p: float) -> float:
-    if cfg.schedule == "multistep":
-        return cfg.gamma ** sum(p >= m for m in cfg.milestones)
-    warm = cfg.warmup_epochs * per_epoch
-    ramp = (step + 1) / (warm + 1) if step < warm else 1.0
-    decay = 1.0 - p if cfg.schedule == "onecycle" else 0.5 * (1.0 + math.cos(math.pi * p))
-    return max(0.0, min(ramp, decay))
-
-
-def resolution_at(cfg: TrainConfig, progress: float) -> int:
-    """Training resolution at a fraction of training (progressive resizing); 32 without it."""
-    if not cfg.resolutions:
-        return 32
-    return int(cfg.resolutions[sum(progress >= m for m in cfg.res_milestones)])
-
-
-def mixing_at(cfg: TrainConfig, progress: float) -> bool:
-    """Whether MixUp/CutMix apply at a fraction of training: inside [mix_from, mix_until), when either is on."""
-    return bool(cfg.mixup or cfg.cutmix) and cfg.mix_from <= progress < cfg.mix_until
 
 
 def l2_penalty(params: list[torch.Tensor]) -> torch.Tensor:
