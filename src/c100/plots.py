@@ -54,9 +54,12 @@ def _figure(m: dict, title: str):
         best = max(range(len(val)), key=val.__getitem__)
         ax_acc.scatter([val_ep[best]], [val[best]], color=VAL, zorder=3)
         right = val_ep[best] >= (ep[0] + ep[-1]) / 2  # keep the label inside the axes, under the curve's peak
+        shown = [100 * a for a in m["train_acc"]] + val
+        low = val[best] < (min(shown) + max(shown)) / 2  # in the lower half (a fine-tune): the label goes above
         ax_acc.annotate(f"best {val[best]:.2f}% (epoch {val_ep[best]:.0f})", (val_ep[best], val[best]),
-                        textcoords="offset points", xytext=(-8 if right else 8, -10), ha="right" if right else "left",
-                        va="top", fontsize=9, color=VAL,  # white backing: legible where the train curve crosses
+                        textcoords="offset points", xytext=(-8 if right else 8, 10 if low else -10),
+                        ha="right" if right else "left", va="bottom" if low else "top",
+                        fontsize=9, color=VAL,  # white backing: legible where the train curve crosses
                         bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1})
     ax_acc.set(title="Accuracy", xlabel="epoch", ylabel="top-1 accuracy (%)")
     ax_loss.set(title="Loss (cross-entropy)", xlabel="epoch", ylabel="loss")
@@ -66,7 +69,7 @@ def _figure(m: dict, title: str):
         ax.grid(alpha=0.3)
         if len(ep) < 12:
             ax.set_xticks(ep)
-    ax_acc.legend(loc="lower right")
+    ax_acc.legend(loc="best")  # lower right for a rising curve; elsewhere where the curves leave room
     ax_loss.legend(loc="upper right")
     fig.suptitle(title, fontsize=12)
     return fig
