@@ -14,7 +14,6 @@ rerun `python benchmarks/shipped_weights.py --data-dir data`.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -38,8 +37,9 @@ def main() -> int:
     shipped = Path(args.shipped)
     with tempfile.TemporaryDirectory() as tmp:
         file, side = export(args.candidate, "safetensors", args.checkpoint, out=Path(tmp) / shipped.name, half=True)
-        if (arch := load_sidecar(file)["arch"]) != "resnet18":  # before reading the test set
-            raise UserError(f"the shipped model is a ResNet18; {args.candidate} is a {arch}")
+        card = load_sidecar(file)
+        if card["arch"] != "resnet18":  # before reading the test set
+            raise UserError(f"the shipped model is a ResNet18; {args.candidate} is a {card['arch']}")
         scores, results = {}, {}
         for what, source in (("candidate", file), ("shipped", shipped)):
             r = results[what] = evaluate(source, "test", data_dir=args.data_dir, device="cpu", backend="torch")
@@ -50,7 +50,6 @@ def main() -> int:
         print(f"gain {100 * gain:+.2f} points: {'meets' if ok else 'misses'} the rule (>= {100 * args.margin:.0f})")
         if ok and args.apply:
             # the card says what this very file scored (`c100 evaluate` prints it as "recorded at export")
-            card = json.loads(side.read_text())
             card["accuracy"] = {"test": {k: results["candidate"][k] for k in ("top1", "top5", "superclass", "n")}}
             checkpoint.atomic_write_json(side, card)
             # each file whole or not at all; a crash between the two: `git checkout src/c100/weights`

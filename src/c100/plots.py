@@ -45,7 +45,8 @@ def _figure(m: dict, title: str):
     val_ep, val = validated(m, "val_acc")
     fig, (ax_acc, ax_loss, ax_lr) = plt.subplots(1, 3, figsize=(14, 4.2), constrained_layout=True)
     dots = {"marker": "o", "markersize": 4} if len(ep) <= 30 else {}  # few epochs: show the measured points
-    ax_acc.plot(ep, [100 * a for a in m["train_acc"]], color=TRAIN, label="train (augmented)", **dots)
+    train = [100 * a for a in m["train_acc"]]
+    ax_acc.plot(ep, train, color=TRAIN, label="train (augmented)", **dots)
     ax_loss.plot(ep, m["train_loss"], color=TRAIN, label="train (augmented)", **dots)
     if val:
         val = [100 * a for a in val]
@@ -54,8 +55,8 @@ def _figure(m: dict, title: str):
         best = max(range(len(val)), key=val.__getitem__)
         ax_acc.scatter([val_ep[best]], [val[best]], color=VAL, zorder=3)
         right = val_ep[best] >= (ep[0] + ep[-1]) / 2  # keep the label inside the axes, under the curve's peak
-        shown = [100 * a for a in m["train_acc"]] + val
-        low = val[best] < (min(shown) + max(shown)) / 2  # in the lower half (a fine-tune): the label goes above
+        # in the lower half of the panel (a fine-tune's single pass): the label goes above the point
+        low = val[best] < (min(train + val) + max(train + val)) / 2
         ax_acc.annotate(f"best {val[best]:.2f}% (epoch {val_ep[best]:.0f})", (val_ep[best], val[best]),
                         textcoords="offset points", xytext=(-8 if right else 8, 10 if low else -10),
                         ha="right" if right else "left", va="bottom" if low else "top",

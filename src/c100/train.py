@@ -144,8 +144,7 @@ def init_weights(model: nn.Module, cfg: TrainConfig) -> None:
         fix = ("--val-size 0" if not split[1] else f"--seed {split[0]} --val-size {split[1]}")
         raise UserError(f"--init-from {cfg.init_from} trained on other images than this run's training split, "
                         f"so this run's validation images may be ones it learned; pass {fix}")
-    with torch.no_grad():
-        model.load_state_dict(source.module.state_dict())
+    model.load_state_dict(source.module.state_dict())
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
