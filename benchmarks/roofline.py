@@ -1,15 +1,21 @@
-"""How close the cpu-fast training step runs to what this CPU can compute at all.
+"""The CPU training step against its limits: this CPU's matmul rate, oneDNN alone, and Keras.
 
-Counts the multiply-adds of every convolution and linear layer in one real training step of the
-trainer (forward, and the backward it actually runs: the weight gradient where the weight trains, the
-input gradient where something before it trains), times the step, and sets the achieved rate
-against the fp32 matrix-multiply rate measured in the same process (a large torch.mm, oneDNN/MKL's
-best case). If the step already runs near that rate, faster kernels cannot buy the missing epochs:
-only fewer multiply-adds per useful image can. BatchNorm, ReLU, additions and the optimizer are not
-counted (they are a few percent of the multiply-adds' time in a profile), so the achieved rate is a
-lower bound. Measurements alternate (matmul, step, matmul, step, ...) and medians are reported.
+1. For each precision (fp32; bf16 too where the CPU has native bf16) and each cpu-fast regime (16 px,
+   24 px, 24 px with layer1 frozen, 32 px; batch 64, stem frozen), the trainer's real step two ways,
+   round by round: as the trainer runs it (convolutions on maps of at most 16 pixels as GEMMs,
+   models/cpu_conv.py) and with every convolution by oneDNN (what the bf16 step ran before
+   2026-12-04). The multiply-adds of every convolution and linear layer (forward, and the backward
+   the step runs) are counted by hooks and set against the matrix-multiply rate of the same precision
+   (a large torch.mm, oneDNN/MKL's best case) measured just before each round: if the step ran near
+   that rate, faster kernels could not buy more epochs. BatchNorm, ReLU, additions and the optimizer
+   are not counted, so the achieved rate is a lower bound. One profiled round tells where the step's
+   time goes by kind of operator.
+2. With --keras: the homework's network (resnet18-seed, 32 px, batch 64) trained by our trainer in fp32
+   and, where native, bf16, against the homework's Keras ResNet18 with `train_on_batch` in fp32
+   (TensorFlow in the benchmark-only .venv-keras: bash benchmarks/keras/setup.sh), rounds alternating.
+Medians of the rounds are reported; the machine's drift hits every variant alike.
 
-    python benchmarks/roofline.py --data-dir data
+    python benchmarks/roofline.py --data-dir data --keras
 """
 
 from __future__ import annotations
@@ -17,38 +23,38 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from provenance import provenance  # benchmarks/ is on sys.path when a script there runs
-from throughput import slice_epoch
+from throughput import slice_epoch, sliced_trainer
+from torch.profiler import ProfilerActivity, profile
 
 from c100 import checkpoint
 from c100.config import resolve
+from c100.device import cpu_has_native_bf16
 from c100.models.resnet import early_parameters
 from c100.train import Trainer, build_trainer
 
+ROOT = Path(__file__).resolve().parent.parent
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# self CPU time by kind of operator; the rest is "other" (ReLU, additions, the optimizer's arithmetic, ...)
+KINDS = {"GEMM convolutions": ("aten::mm", "aten::addmm"),
+         "oneDNN convolutions": ("aten::mkldnn_convolution", "aten::convolution_backward"),
+         "BatchNorm": ("aten::native_batch_norm", "aten::native_batch_norm_backward"),
+         "copies and casts": ("aten::copy_", "aten::cat", "aten::stack", "aten::fill_", "aten::zero_")}
 
-def matmul_gflops(n: int = 4096, reps: int = 2) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+
+def matmul_gflops(dtype: torch.dtype = torch.float32, n: int = 4096, reps: int = 2) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b  # warm-up
     t0 = time.perf_counter()
     for _ in range(reps):
         a @ b
     return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
-
-
-def nominal_peak_gflops() -> float | None:
-    """Cores x clock (from /proc/cpuinfo) x 32 fp32 FLOP per cycle: two 8-lane FMA units per core, as
-    AVX2 AMD Zen 2-4 and Intel cores since Haswell have. An assumption about the hidden CPU model."""
-    try:
-        mhz = [float(line.split(":")[1]) for line in Path("/proc/cpuinfo").read_text().splitlines()
-               if line.startswith("cpu MHz")]
-    except OSError:
-        return None
-    return torch.get_num_threads() * statistics.median(mhz) * 32 / 1000 if mhz else None
 
 
 def count_macs(trainer: Trainer) -> dict:
@@ -83,48 +89,114 @@ def step_trainer(args, res: int, freeze_early: bool, precision: str = "auto") ->
     return slice_epoch(trainer, args.steps)
 
 
+def time_shares(trainer: Trainer) -> dict:
+    """Where one round of the step spends its time: self CPU time by kind of operator, as fractions."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        trainer.train_one_epoch()
+    events = prof.key_averages()
+    self_us = {e.key: e.self_cpu_time_total for e in events}
+    total = sum(self_us.values())
+    shares = {k: sum(self_us.get(n, 0) for n in names) / total for k, names in KINDS.items()}
+    shares["other"] = 1 - sum(shares.values())
+    optimizer = sum(e.cpu_time_total for e in events if e.key.startswith("Optimizer.step"))
+    return {**{k: round(v, 3) for k, v in shares.items()},
+            "optimizer step (all its operators)": round(optimizer / total, 3)}
+
+
+def measure_step(args, precision: str, res: int, frozen: bool) -> dict:
+    ours, onednn = step_trainer(args, res, frozen, precision), step_trainer(args, res, frozen, precision)
+    onednn.gemm_convs = False  # every convolution by oneDNN
+    macs = count_macs(ours)
+    onednn.train_one_epoch()  # warm-up
+    rounds = {"ours": [], "onednn": [], "matmul": []}
+    for _ in range(args.rounds):
+        rounds["matmul"].append(matmul_gflops(DTYPES[precision]))
+        rounds["ours"].append(ours.train_one_epoch()["images_per_s"])
+        rounds["onednn"].append(onednn.train_one_epoch()["images_per_s"])
+    batch = ours.cfg.batch_size
+    flops = 2 * (macs["forward_macs"] + macs["backward_macs"])
+    # the machine's speed drifts between rounds and takes the matmul with it: the fraction is taken round
+    # by round, each step round against the matmul just before it
+    pairs = zip(rounds["ours"], rounds["matmul"], strict=True)
+    fraction = statistics.median(flops * ips / batch / 1e9 / g for ips, g in pairs)
+    ips = statistics.median(rounds["ours"])
+    speedup = statistics.median(a / b for a, b in zip(rounds["ours"], rounds["onednn"], strict=True))
+    return {"precision": precision, "res": res, "early_frozen": frozen, "batch_size": batch, **macs,
+            "step_gflops": flops / 1e9, "images_per_s": ips, "onednn_images_per_s": statistics.median(rounds["onednn"]),
+            "speedup_over_onednn": speedup, "achieved_gflops_per_s": flops * ips / batch / 1e9,
+            "matmul_gflops_per_s": statistics.median(rounds["matmul"]),
+            "fraction_of_matmul": fraction, "time_shares": time_shares(ours),
+            **{f"{k}_rounds": v for k, v in rounds.items()}}
+
+
+def keras_train_round(python: str, steps: int) -> dict:
+    out = subprocess.run([python, str(ROOT / "benchmarks" / "keras" / "resnet18_keras.py"), "--measure", "train",
+                          "--rounds", "1", "--train-steps", str(steps)],
+                         capture_output=True, text=True, timeout=900, check=True)
+    return json.loads(out.stdout)
+
+
+def measure_against_keras(args, precisions: list[str]) -> dict:
+    """The homework's network at 32 px and batch 64: our trainer against Keras' train_on_batch."""
+    ns = argparse.Namespace(model="resnet18-seed", batch_size=64, data_dir=args.data_dir, device="cpu",
+                            steps=args.keras_steps)
+    ours = {p: sliced_trainer(argparse.Namespace(**vars(ns), precision=p), resolutions=[32]) for p in precisions}
+    for t in ours.values():
+        t.train_one_epoch()  # warm-up
+    rounds = {**{p: [] for p in precisions}, "keras": [], "keras_other_work": []}
+    for r in range(args.keras_rounds):
+        for p, t in ours.items():
+            rounds[p].append(t.train_one_epoch()["images_per_s"])
+        k = keras_train_round(args.keras_python, args.keras_steps)
+        rounds["keras"].append(k["train"]["median_images_per_s"])
+        rounds["keras_other_work"].append(k["train"]["cpu_share"]["other_work"])
+        print(f"keras round {r}: " + ", ".join(f"ours {p} {rounds[p][-1]:.1f}" for p in precisions) +
+              f", keras {rounds['keras'][-1]:.1f} img/s", flush=True)
+    return {"what": "resnet18-seed (the homework's network) at batch 64, 32 px: our trainer (seeded batches, "
+                    "augmentation) against Keras train_on_batch (fp32, TensorFlow on the CPU)",
+            "tensorflow": k["tensorflow"], "keras_images_per_s": statistics.median(rounds["keras"]),
+            **{f"ours_{p}_images_per_s": statistics.median(rounds[p]) for p in precisions},
+            **{f"ratio_{p}": statistics.median(a / b for a, b in zip(rounds[p], rounds["keras"], strict=True))
+               for p in precisions},
+            "rounds": rounds}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", default="data")
     ap.add_argument("--steps", type=int, default=6, help="optimizer steps per timed round")
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds per setting, after one warm-up round")
+    ap.add_argument("--precisions", nargs="+", choices=list(DTYPES), default=None,
+                    help="default: fp32, and bf16 where the CPU has native bf16")
+    ap.add_argument("--keras", action="store_true",
+                    help="also the homework's network against Keras (needs .venv-keras)")
+    ap.add_argument("--keras-rounds", type=int, default=5)
+    ap.add_argument("--keras-steps", type=int, default=20, help="steps of batch 64 per round, ours and Keras'")
+    ap.add_argument("--keras-python", default=str(ROOT / ".venv-keras" / "bin" / "python"))
     ap.add_argument("--out", default="benchmarks/results/records/roofline-cpu.json")
     args = ap.parse_args()
+    precisions = args.precisions or (["fp32", "bf16"] if cpu_has_native_bf16() else ["fp32"])
 
     # cpu-fast: 16 px first, then 24 px with the early layers frozen; 32 px for the other presets
-    settings = [(16, False), (24, False), (24, True), (32, False)]
     rows = []
-    for res, frozen in settings:
-        trainer = step_trainer(args, res, frozen)
-        macs = count_macs(trainer)
-        step_s, mm = [], []
-        for r in range(args.rounds + 1):
-            g = matmul_gflops()
-            s = 1 / trainer.train_one_epoch()["images_per_s"] * trainer.cfg.batch_size
-            if r:
-                step_s.append(s)
-                mm.append(g)
-        step = statistics.median(step_s)
-        flops = 2 * (macs["forward_macs"] + macs["backward_macs"])
-        # The machine's speed drifts by tens of percent between rounds and takes the matmul with it,
-        # so the fraction is taken round by round (each step round against the matmul just before it).
-        fraction = statistics.median(flops / s / 1e9 / g for s, g in zip(step_s, mm, strict=True))
-        row = {"res": res, "early_frozen": frozen, "batch_size": trainer.cfg.batch_size, **macs,
-               "step_s": step, "images_per_s": trainer.cfg.batch_size / step, "step_gflops": flops / 1e9,
-               "achieved_gflops_per_s": flops / step / 1e9, "matmul_gflops_per_s": statistics.median(mm),
-               "fraction_of_matmul": fraction, "step_s_rounds": step_s, "matmul_rounds": mm}
-        rows.append(row)
-        print(f"{res} px{' early frozen' if frozen else ''}: {row['images_per_s']:.1f} img/s, "
-              f"{row['step_gflops']:.1f} GFLOP/step, {row['achieved_gflops_per_s']:.1f} GFLOP/s, "
-              f"{fraction:.0%} of the matmul rate (median {row['matmul_gflops_per_s']:.1f} GFLOP/s)",
-              flush=True)
-
+    for precision in precisions:
+        for res, frozen in [(16, False), (24, False), (24, True), (32, False)]:
+            row = measure_step(args, precision, res, frozen)
+            rows.append(row)
+            print(f"{precision} {res} px{' early frozen' if frozen else ''}: {row['images_per_s']:.1f} img/s "
+                  f"({row['speedup_over_onednn']:.2f}x oneDNN alone), {row['achieved_gflops_per_s']:.1f} GFLOP/s, "
+                  f"{row['fraction_of_matmul']:.0%} of the matmul rate ({row['matmul_gflops_per_s']:.0f} GFLOP/s); "
+                  f"time: {row['time_shares']}", flush=True)
     result = {"benchmark": "roofline", **provenance(torch.device("cpu")), "threads": torch.get_num_threads(),
-              "nominal_peak_gflops_per_s": nominal_peak_gflops(),
-              "best_matmul_gflops_per_s": max(g for r in rows for g in r["matmul_rounds"]),
+              "best_matmul_gflops_per_s": {p: max(g for r in rows if r["precision"] == p for g in r["matmul_rounds"])
+                                           for p in precisions},
               "steps_per_round": args.steps, "rounds": args.rounds, "settings": rows}
+    if args.keras:
+        result["keras"] = measure_against_keras(args, precisions)
     checkpoint.atomic_write_json(Path(args.out), result)
-    print(json.dumps({k: v for k, v in result.items() if k != "settings"}, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("settings", "keras")}, indent=2))
+    if args.keras:
+        print(json.dumps({k: v for k, v in result["keras"].items() if k != "rounds"}, indent=2))
     return 0
 
 

@@ -207,15 +207,31 @@ def eval_resolution_table(results: list[dict]) -> str:
 
 
 def roofline_table(results: list[dict]) -> str:
-    head = ["cpu-fast step (batch 64)", "hardware", "GFLOP per step", "img/s", "GFLOP/s", "share of the matmul rate",
-            "command"]
+    head = ["cpu-fast step (batch 64)", "hardware", "precision", "GFLOP per step", "img/s", "oneDNN alone img/s",
+            "GFLOP/s", "share of the matmul rate", "command"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     frozen = {True: "stem and layer1 frozen", False: "stem frozen"}
     for r in (r for r in results if r.get("benchmark") == "roofline"):
-        lines += [f"| {s['res']} px, {frozen[s['early_frozen']]} | {r['device']} | "
-                  f"{s['step_gflops']:.1f} | {s['images_per_s']:.1f} | {s['achieved_gflops_per_s']:.1f} | "
-                  f"{100 * s['fraction_of_matmul']:.0f}% of {s['matmul_gflops_per_s']:.0f} ({r['rounds']} rounds) | "
-                  f"`{r['command']}` |" for s in r["settings"]]
+        for s in r["settings"]:
+            onednn = s.get("onednn_images_per_s")  # measured since 2026-12-04
+            alone = f"{onednn:.1f} ({s['speedup_over_onednn']:.2f}x)" if onednn else "-"
+            share = f"{100 * s['fraction_of_matmul']:.0f}% of {s['matmul_gflops_per_s']:.0f} ({r['rounds']} rounds)"
+            lines.append(f"| {s['res']} px, {frozen[s['early_frozen']]} | {r['device']} | "
+                         f"{s.get('precision', 'fp32')} | {s['step_gflops']:.1f} | {s['images_per_s']:.1f} | {alone} | "
+                         f"{s['achieved_gflops_per_s']:.1f} | {share} | `{r['command']}` |")
+    return "\n".join(lines)
+
+
+def keras_training_table(results: list[dict]) -> str:
+    head = ["homework network, batch 64, 32 px", "hardware", "Keras fp32 img/s", "ours fp32 img/s (ratio)",
+            "ours bf16 img/s (ratio)", "command"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in (r for r in results if r.get("benchmark") == "roofline" and r.get("keras")):
+        k = r["keras"]
+        ours = {p: (f"{k[f'ours_{p}_images_per_s']:.1f} ({k[f'ratio_{p}']:.2f}x)" if f"ratio_{p}" in k else "-")
+                for p in ("fp32", "bf16")}
+        lines.append(f"| train step, medians of {len(k['rounds']['keras'])} alternating rounds | {r['device']} | "
+                     f"{k['keras_images_per_s']:.1f} | {ours['fp32']} | {ours['bf16']} | `{r['command']}` |")
     return "\n".join(lines)
 
 
@@ -295,8 +311,10 @@ def records_section(entries: list[dict]) -> str:
             conv_backward_table(results) +
             "\n\n**Evaluation: BatchNorm folded into the convolutions (models/fold.py)**\n\n" +
             eval_speed_table(results) +
-            "\n\n**How close the CPU training step runs to the machine's fp32 matmul rate**\n\n" +
+            "\n\n**The CPU training step against the matmul rate of its precision and against oneDNN "
+            "alone**\n\n" +
             roofline_table(results) +
+            "\n\n**The training step against Keras/TensorFlow's, side by side**\n\n" + keras_training_table(results) +
             "\n\n**CPU training precision: fp32 vs bf16 autocast, side by side**\n\n" + precision_table(results))
 
 

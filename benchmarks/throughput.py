@@ -26,7 +26,7 @@ from c100 import checkpoint
 from c100.config import resolve
 from c100.device import autocast
 from c100.models import create_model
-from c100.models.cpu_conv import gemm_weight_grad
+from c100.models.cpu_conv import small_map_gemm
 from c100.train import Trainer, build_trainer
 
 
@@ -90,7 +90,7 @@ def main() -> int:
     rows = []
     for r in range(args.rounds + 1):
         t_ips = trainer.train_one_epoch()["images_per_s"]
-        with gemm_weight_grad(trainer.gemm_grad):  # the trainer's convolution backward too: only the loop differs
+        with small_map_gemm(trainer.gemm_convs):  # the trainer's convolutions too: only the loop differs
             b_ips = bare_round(bare_model, bare_opt, bare_x, bare_y, args.batch_size, prec, dev, cfg.channels_last)
         print(f"round {r}{' (warm-up, discarded)' if r == 0 else ''}: trainer {t_ips:.1f} img/s, "
               f"bare {b_ips:.1f} img/s, ratio {t_ips / b_ips:.3f}", flush=True)

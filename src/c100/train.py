@@ -32,7 +32,7 @@ from c100.config import TrainConfig, apply, from_dict, read_yaml, save_yaml
 from c100.device import autocast, resolve_precision, select_device
 from c100.inference import Model, model_card
 from c100.models import create_model
-from c100.models.cpu_conv import gemm_weight_grad
+from c100.models.cpu_conv import small_map_gemm
 from c100.models.resnet import early_parameters
 from c100.models.whiten import stem_conv, whiten_stem
 from c100.progress import TensorBoard, TimeEstimate
@@ -221,9 +221,9 @@ class Trainer:
         self.early = early_parameters(model) if cfg.freeze_early_at else []
         if self.early and self.world > 1:
             raise UserError("--freeze-early-at does not run under torchrun (DDP expects every gradient); drop it")
-        # oneDNN is slow on tiny maps: the GEMM weight gradient runs the CPU step 1.4x faster at 16 px
-        # (models/cpu_conv.py); under bf16 autocast or compiled, the convolutions stay oneDNN's
-        self.gemm_grad = device.type == "cpu" and not cfg.compile
+        # oneDNN is slow on tiny maps: as GEMMs, their convolutions run the cpu-fast step 1.4x faster at
+        # 16 and 24 px in bf16 on an AMX Xeon (models/cpu_conv.py); compiled, they stay oneDNN's
+        self.gemm_convs = device.type == "cpu" and not cfg.compile
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
         self.ema = EMA(model, cfg.ema) if cfg.ema else None
         self.spec = AugmentSpec(cfg.translate, cfg.pad_mode, cfg.flip, cfg.cutout)
@@ -353,7 +353,7 @@ class Trainer:
         cfg = self.cfg
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with gemm_weight_grad(self.gemm_grad):
+        with small_map_gemm(self.gemm_convs):
             with autocast(cfg.precision, self.device):
                 logits = self.forward(x)
                 loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
