@@ -137,27 +137,33 @@ def keras_train_round(python: str, steps: int) -> dict:
 
 
 def measure_against_keras(args, precisions: list[str]) -> dict:
-    """The homework's network at 32 px and batch 64: our trainer against Keras' train_on_batch."""
+    """The homework's network at 32 px and batch 64: our trainer (as it runs, and with every convolution by
+    oneDNN) against Keras' train_on_batch."""
     ns = argparse.Namespace(model="resnet18-seed", batch_size=64, data_dir=args.data_dir, device="cpu",
                             steps=args.keras_steps)
-    ours = {p: sliced_trainer(argparse.Namespace(**vars(ns), precision=p), resolutions=[32]) for p in precisions}
+    ours = {}
+    for p in precisions:
+        for variant in ("", "_onednn"):
+            ours[p + variant] = sliced_trainer(argparse.Namespace(**vars(ns), precision=p), resolutions=[32])
+            ours[p + variant].gemm_convs = not variant
     for t in ours.values():
         t.train_one_epoch()  # warm-up
-    rounds = {**{p: [] for p in precisions}, "keras": [], "keras_other_work": []}
+    rounds = {**{k: [] for k in ours}, "keras": [], "keras_other_work": []}
     for r in range(args.keras_rounds):
-        for p, t in ours.items():
-            rounds[p].append(t.train_one_epoch()["images_per_s"])
-        k = keras_train_round(args.keras_python, args.keras_steps)
-        rounds["keras"].append(k["train"]["median_images_per_s"])
-        rounds["keras_other_work"].append(k["train"]["cpu_share"]["other_work"])
-        print(f"keras round {r}: " + ", ".join(f"ours {p} {rounds[p][-1]:.1f}" for p in precisions) +
+        for k, t in ours.items():
+            rounds[k].append(t.train_one_epoch()["images_per_s"])
+        out = keras_train_round(args.keras_python, args.keras_steps)
+        rounds["keras"].append(out["train"]["median_images_per_s"])
+        rounds["keras_other_work"].append(out["train"]["cpu_share"]["other_work"])
+        print(f"keras round {r}: " + ", ".join(f"ours {k} {rounds[k][-1]:.1f}" for k in ours) +
               f", keras {rounds['keras'][-1]:.1f} img/s", flush=True)
     return {"what": "resnet18-seed (the homework's network) at batch 64, 32 px: our trainer (seeded batches, "
-                    "augmentation) against Keras train_on_batch (fp32, TensorFlow on the CPU)",
-            "tensorflow": k["tensorflow"], "keras_images_per_s": statistics.median(rounds["keras"]),
-            **{f"ours_{p}_images_per_s": statistics.median(rounds[p]) for p in precisions},
-            **{f"ratio_{p}": statistics.median(a / b for a, b in zip(rounds[p], rounds["keras"], strict=True))
-               for p in precisions},
+                    "augmentation; as it runs, and with every convolution by oneDNN) against Keras train_on_batch "
+                    "(fp32, TensorFlow on the CPU)",
+            "tensorflow": out["tensorflow"], "keras_images_per_s": statistics.median(rounds["keras"]),
+            **{f"ours_{k}_images_per_s": statistics.median(rounds[k]) for k in ours},
+            **{f"ratio_{k}": statistics.median(a / b for a, b in zip(rounds[k], rounds["keras"], strict=True))
+               for k in ours},
             "rounds": rounds}
 
 

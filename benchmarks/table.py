@@ -224,14 +224,15 @@ def roofline_table(results: list[dict]) -> str:
 
 def keras_training_table(results: list[dict]) -> str:
     head = ["homework network, batch 64, 32 px", "hardware", "Keras fp32 img/s", "ours fp32 img/s (ratio)",
-            "ours bf16 img/s (ratio)", "command"]
+            "ours bf16 img/s (ratio)", "oneDNN alone: fp32 / bf16 (ratio)", "command"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in (r for r in results if r.get("benchmark") == "roofline" and r.get("keras")):
         k = r["keras"]
         ours = {p: (f"{k[f'ours_{p}_images_per_s']:.1f} ({k[f'ratio_{p}']:.2f}x)" if f"ratio_{p}" in k else "-")
-                for p in ("fp32", "bf16")}
+                for p in ("fp32", "bf16", "fp32_onednn", "bf16_onednn")}
         lines.append(f"| train step, medians of {len(k['rounds']['keras'])} alternating rounds | {r['device']} | "
-                     f"{k['keras_images_per_s']:.1f} | {ours['fp32']} | {ours['bf16']} | `{r['command']}` |")
+                     f"{k['keras_images_per_s']:.1f} | {ours['fp32']} | {ours['bf16']} | "
+                     f"{ours['fp32_onednn']} / {ours['bf16_onednn']} | `{r['command']}` |")
     return "\n".join(lines)
 
 
