@@ -24,14 +24,15 @@ def _read_json(path: Path) -> dict:
 
 
 def build_report(run: str | Path, split: str = "test", which: str = "last", data_dir: str | None = None,
-                 device: str = "auto") -> tuple[Path, Path]:
+                 device: str = "auto", images: str | Path | None = None) -> tuple[Path, Path]:
     run = Path(run)
     if not (run / "config.yaml").is_file():
         raise UserError(f"{run} is not a run folder (no config.yaml); pass a folder written by `c100 train`")
     out = run / "report"
     out.mkdir(exist_ok=True)
     curves = plot_curves(run, out / "curves")[0]
-    p = load_predictions(run, split, which, data_dir, device)
+    p = load_predictions(run, split, which, data_dir, device, images)
+    split = f"{images} images" if images else split
     summary = analyze(p, out)
     mosaic = draw_mosaic(p, list(range(min(20, len(p.meta.fine_names)))), per_row=16, scale=1)
     thumb = save_png(mosaic, out / "mosaic_thumbnail.png")
