@@ -158,6 +158,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from c100.explain import explain_files
+    from c100.predict import expand_inputs
+
+    files = expand_inputs(args.inputs, args.recursive)
+    results = explain_files(load_model(args), files, Path(args.out), args.top_k, args.layer)
+    for r in results:
+        if r.error:
+            print(f"c100: error: {r.file}: {r.error}", file=sys.stderr)
+        else:
+            print(f"{r.picture}  " + ", ".join(f"{t['label']} {t['prob']:.0%}" for t in r.top))
+    return 1 if any(r.error for r in results) else 0
+
+
 def cmd_mosaic(args: argparse.Namespace) -> int:
     from c100.evaluate import load_predictions
     from c100.mosaic import draw_mosaic, parse_classes, save_png
@@ -305,6 +319,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     pr.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
     pr.set_defaults(fn=cmd_predict)
+
+    xp = sub.add_parser("explain", help="why the model answered: Grad-CAM heat maps of its top-k classes, one PNG "
+                                        "per image")
+    xp.add_argument("inputs", nargs="+", metavar="IMAGE|DIR", help="image files (any format Pillow reads) or folders")
+    add_model_args(xp, positional=False, default="default", backend="torch")
+    xp.add_argument("--top-k", type=int, default=3, help="classes to explain per image, best first [3]")
+    xp.add_argument("--out", default="explain", help="folder for the PNGs, NAME-explain.png [explain]")
+    xp.add_argument("--layer", help="the network layer whose feature maps are weighed, e.g. layer3 (default: the "
+                                    "last with a spatial map, layer4 in a ResNet)")
+    xp.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
+    xp.set_defaults(fn=cmd_explain)
 
     def picture_args(sp: argparse.ArgumentParser) -> None:
         add_model_args(sp)
