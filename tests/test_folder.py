@@ -8,7 +8,7 @@ from PIL import Image
 
 from c100 import UserError
 from c100.cli import main
-from c100.data import load
+from c100.data import Meta, load
 from c100.folder import read_folder
 from c100.inference import load as load_model
 
@@ -62,7 +62,7 @@ def test_unknown_folder_names_are_one_error_naming_them(tiny_run, tmp_path, caps
 
 def test_any_size_and_format_is_read_as_predict_reads_it(tiny_run, tmp_path):
     model = load_model(tiny_run, backend="torch")
-    meta = type("Meta", (), {"fine_names": model.classes, "fine_to_coarse": model.fine_to_coarse})
+    meta = Meta(model.classes, model.superclasses, model.fine_to_coarse)
     rgb = np.random.default_rng(0).integers(0, 256, (90, 60, 3), dtype=np.uint8)
     (tmp_path / "class_05" / "deeper").mkdir(parents=True)
     Image.fromarray(rgb).save(tmp_path / "class_05" / "a.jpg", quality=90)

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from c100.mosaic import INK, PAPER, font, pretty, save_png
-from c100.predict import load_image
+from c100.predict import read_files
 
 ALPHA = 0.5  # the heat map's share of each overlay pixel: the image stays readable beneath it
 
@@ -82,15 +82,7 @@ def explain_files(model, files: list[Path], out_dir: Path, k: int = 3, layer: st
     """One PNG per image file in `out_dir` (NAME-explain.png): the image and a heat map for each of its top-k
     classes. A file that cannot be read gets its one-line error and the others are still explained."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    results, arrays, ok = [], [], []
-    for f in files:
-        r = Explained(str(f))
-        try:
-            arrays.append(load_image(f))
-            ok.append(r)
-        except ValueError as e:
-            r.error = str(e)
-        results.append(r)
+    results, arrays, ok = read_files(files, Explained)
     if not arrays:
         return results
     answers = model.explain(np.stack(arrays), k, layer=layer)

@@ -448,15 +448,12 @@ class Model:
             p = probs.gather(1, idx)
         maps = torch.zeros(len(x), idx.shape[1], 32, 32)
         with self._cam_lock:
-            net = self._explainer()
-            dev = next(net.parameters()).device
+            net = self._explainer()  # on self.device: the module's copy, or on the CPU beside a session
             for i in range(0, len(x), self.batch_size):
-                xb, tb = x[i:i + self.batch_size], idx[i:i + self.batch_size].to(dev)
-                views = [(self._cam_inputs(xb, False, dev), False)] + ([(self._cam_inputs(xb, True, dev), True)]
-                                                                       if self.tta else [])
-                where = cam_layer(net, views[0][0], layer)
-                for xv, flipped in views:
-                    m = grad_cam(net, xv, tb, where).cpu()
+                xb, tb = x[i:i + self.batch_size], idx[i:i + self.batch_size].to(self.device)
+                where = cam_layer(net, self._inputs(xb), layer)
+                for flipped in (False, True) if self.tta else (False,):
+                    m = grad_cam(net, self._inputs(xb, flipped), tb, where).cpu()
                     maps[i:i + len(xb)] += m.flip(3) if flipped else m
         top = maps.amax((2, 3), keepdim=True)
         maps = torch.where(top > 0, maps / top.clamp_min(1e-12), 0)
@@ -465,10 +462,6 @@ class Model:
             for a, m in zip(per_image, image_maps, strict=True):
                 a["map"] = m
         return answers[0] if _is_single(images) else answers
-
-    def _cam_inputs(self, x: torch.Tensor, flip: bool, dev: torch.device) -> torch.Tensor:
-        xb = resize(Normalize(self.normalization, dev)(x.to(dev)), self.input_size)
-        return xb.flip(3) if flip else xb
 
     def _explainer(self) -> nn.Module:
         """The torch network Grad-CAM hooks into: not the folded copy (a flat fx graph, no layers to hook)."""
