@@ -255,3 +255,19 @@ def test_dead_units_finds_a_dead_last_layer(tiny_run):
         last_conv.bias.fill_(-1e4)
     shares, logits = dead_units.dead_channel_shares(model, images)
     assert list(shares.values())[-1] == ((16, 8, 8), 1.0) and float(logits.std(0).mean()) == 0
+
+
+def test_macs_counts_the_known_resnet18_figure():
+    """benchmarks/macs.py: ResNet18 with the CIFAR stem does 0.556 GMAC per 32 px image (the figure in
+    DESIGN.md); a 24 px input scales it by (24 / 32)^2 in the convolutions."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # macs.py imports provenance.py beside it, as when it runs
+    try:
+        macs = script("macs")
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from c100.models import create_model
+
+    at32, at24 = macs.forward_macs(create_model("resnet18"), 32), macs.forward_macs(create_model("resnet18"), 24)
+    assert at32 == 555_468_800 and at32 / 1e9 == pytest.approx(0.556, abs=1e-3)
+    fc = 512 * 100
+    assert (at24 - fc) / (at32 - fc) == pytest.approx((24 / 32) ** 2)

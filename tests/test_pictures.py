@@ -67,7 +67,10 @@ def test_analyze_and_report(tiny_run, capsys):
     assert main(["report", str(tiny_run)]) == 0
     md = (tiny_run / "report" / "report.md").read_text()
     refs = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
-    assert len(refs) >= 7 and all((tiny_run / "report" / r).is_file() for r in refs)
+    assert len(refs) >= 8 and all((tiny_run / "report" / r).is_file() for r in refs)
+    assert "mistakes_explained.png" in refs  # the most confident mistakes' heat maps (Grad-CAM)
+    w, h = _png_size(tiny_run / "report" / "mistakes_explained.png")
+    assert (w, h) == (2 * (6 + 3 * (128 + 6)), 26 + 3 * (6 + 128 + 24))  # six mistakes: image, said, is
     assert "top-1" in md and "resnet" not in md.split("\n")[0]  # the title names this run's model
     page = (tiny_run / "report" / "report.html").read_text()
     srcs = re.findall(r"src='([^']+)'", page)

@@ -13,7 +13,16 @@ pytest.importorskip("onnxruntime", reason="onnxruntime is in the test extra: pip
 import c100  # noqa: E402
 from c100 import UserError  # noqa: E402
 from c100.cli import main  # noqa: E402
-from c100.quantize import cached, calibration_batches, choose, onnx_fp32, quantize, write_int8  # noqa: E402
+from c100.quantize import (  # noqa: E402
+    cached,
+    calibration_batches,
+    choose,
+    fastest,
+    interleaved_speeds,
+    onnx_fp32,
+    quantize,
+    write_int8,
+)
 
 
 @pytest.fixture
@@ -34,12 +43,14 @@ def test_quantize_load_predict_round_trip(tiny_run, cifar_dir, cache, tmp_path, 
     path, table = quantize(tiny_run, str(cifar_dir), images=200, log=lines.append)
     assert path == cached(tiny_run / "last.pt", "int8") and path.is_file() and path.parent == cache
     card = json.loads(path.with_name(path.name + ".json").read_text())
-    assert card["quantization"]["calibration_images"] == 200 and "test" in card["accuracy"]
+    assert card["quantization"]["calibration_images"] == 200 and {"val", "test"} <= set(card["accuracy"])
     rows = table["backends"]
-    assert {"torch", "onnx", "int8", "openvino", "openvino-int8"} <= set(rows)
-    assert all(r["images_per_s"] > 0 for r in rows.values())
+    assert {"torch", "onnx", "int8", "openvino", "openvino-int8"} <= set(rows) and table["chosen_on"] == "val"
+    assert all(r["images_per_s"] > 0 and len(r["rounds_images_per_s"]) == 3 for r in rows.values())
+    assert rows["torch"]["val"]["n"] == 100 and rows["torch"]["test"]["n"] == 500  # the run's own split, and test
     for fp32 in ("onnx", "openvino"):
-        assert rows[fp32]["test"]["top1"] == pytest.approx(rows["torch"]["test"]["top1"], abs=1e-3)
+        for split in ("val", "test"):
+            assert rows[fp32][split]["top1"] == pytest.approx(rows["torch"][split]["top1"], abs=1e-3)
     assert table["auto"] in rows and choose(tiny_run / "last.pt") == table["auto"]
     assert any(line.startswith("auto: ") for line in lines)
 
@@ -92,7 +103,7 @@ def test_auto_falls_back_to_what_this_environment_runs(tiny_run, cache, monkeypa
     table.parent.mkdir(parents=True, exist_ok=True)
 
     def row(top1, speed):
-        return {"test": {"top1": top1}, "images_per_s": speed}
+        return {"val": {"top1": top1}, "test": {"top1": 0.5}, "images_per_s": speed}
 
     rows = {"torch": row(0.60, 100), "onnx": row(0.60, 90), "int8": row(0.597, 150), "openvino": row(0.60, 110),
             "openvino-int8": row(0.597, 200)}
@@ -119,6 +130,34 @@ def test_auto_falls_back_to_what_this_environment_runs(tiny_run, cache, monkeypa
     assert choose(path) == "torch"
 
 
+def test_auto_chooses_on_validation_never_on_test(tiny_run, cache):
+    rows = {"torch": {"val": {"top1": 0.60}, "test": {"top1": 0.60}, "images_per_s": 100},
+            "int8": {"val": {"top1": 0.598}, "test": {"top1": 0.58}, "images_per_s": 300},  # test 2 points off
+            "openvino-int8": {"val": {"top1": 0.59}, "test": {"top1": 0.60}, "images_per_s": 400}}  # val 1 off
+    assert fastest(rows) == "int8"
+    table = cached(tiny_run / "last.pt", "backends")
+    table.parent.mkdir(parents=True, exist_ok=True)
+    old = {n: {"test": r["test"], "images_per_s": r["images_per_s"]} for n, r in rows.items()}
+    cpu = c100.checkpoint.device_name(torch.device("cpu"))
+    table.write_text(json.dumps({"cpu": cpu, "backends": old, "auto": "int8"}))  # chosen on test, as before
+    assert choose(tiny_run / "last.pt") == "torch"  # not trusted: quantize measures it again
+
+
+def test_speeds_are_medians_of_interleaved_rounds():
+    calls = []
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+
+        def logits(self, x, batch_size=None):
+            calls.append(self.name)
+
+    speeds = interleaved_speeds({"a": Fake("a"), "b": Fake("b")}, batch=4, rounds=3)
+    assert calls == ["a", "b"] + ["a", "b"] * 3  # one warm-up each, then each round times both in turn
+    assert {n: len(v) for n, v in speeds.items()} == {"a": 3, "b": 3}
+
+
 def test_cpus_of_one_model_name_with_other_extensions_are_told_apart(tiny_run, cache):
     """One model name ("AMD EPYC") has come with AVX2 only and with AVX512-BF16 and VNNI, 2x apart in int8
     and bf16: a backend table measured on one is not the other's, so the CPU's name carries its extensions."""
@@ -133,7 +172,7 @@ def test_cpus_of_one_model_name_with_other_extensions_are_told_apart(tiny_run, c
     path = tiny_run / "last.pt"
     table = cached(path, "backends")
     table.parent.mkdir(parents=True, exist_ok=True)
-    rows = {"torch": {"test": {"top1": 0.6}, "images_per_s": 100}, "int8": {"test": {"top1": 0.6}, "images_per_s": 300}}
+    rows = {"torch": {"val": {"top1": 0.6}, "images_per_s": 100}, "int8": {"val": {"top1": 0.6}, "images_per_s": 300}}
     other = "AMD EPYC (2 cores, AVX2)" if "AVX512" in here else "AMD EPYC (2 cores, AVX512 VNNI BF16)"
     table.write_text(json.dumps({"cpu": other, "backends": rows, "auto": "int8"}))
     assert choose(path) == "torch"

@@ -325,8 +325,16 @@ def test_in_a_real_browser(server, tmp_path):
         widths = [b.find_element(By.CSS_SELECTOR, ".fill").size["width"] for b in bars]
         assert widths == sorted(widths, reverse=True) and widths[0] > 0  # bars drawn to scale
         assert want["top"][0]["superclass"] in browser.find_element(By.ID, "super").text
+        heat = browser.find_element(By.ID, "heat")  # the Grad-CAM map beside the answer
+        WebDriverWait(browser, 30).until(lambda b: (heat.get_attribute("src") or "").startswith("data:image/png"))
+        assert heat.is_displayed() and heat.size["width"] > 100
+        assert browser.find_element(By.ID, "why-text").text == "where it saw " + first.replace("_", " ")
+        answers = int(browser.find_element(By.TAG_NAME, "body").get_attribute("data-answers"))
         browser.find_element(By.CSS_SELECTOR, "#gallery img").click()  # a gallery image classifies too
-        WebDriverWait(browser, 30).until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#bars .bar")) == 5)
+        # its own answer, not the bars of the upload before it still on the page
+        WebDriverWait(browser, 30).until(
+            lambda b: int(b.find_element(By.TAG_NAME, "body").get_attribute("data-answers")) == answers + 1)
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#bars .bar")) == 5
         big = tmp_path / "big.png"
         big.write_bytes(_png(8, size=300))  # ~270 KB, over the 200 KB limit: refused before the upload
         browser.find_element(By.ID, "file").send_keys(str(big))

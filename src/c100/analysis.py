@@ -152,6 +152,14 @@ def image_grid(items: list[tuple[np.ndarray, str, str, bool]], path: Path, title
     return save_png(img, path)
 
 
+def confident_mistakes(p: Predictions, n: int) -> np.ndarray:
+    """The indices of the n wrong answers given with the highest probability, most confident first."""
+    probs = p.probs.numpy()
+    pred, conf = probs.argmax(1), probs.max(1)
+    wrong = np.flatnonzero(pred != p.split.fine)
+    return wrong[np.argsort(-conf[wrong], kind="stable")][:n]
+
+
 def analyze(p: Predictions, out_dir: Path, top_pairs: int = 15, mistakes: int = 32) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     probs = p.probs.numpy()
@@ -178,8 +186,7 @@ def analyze(p: Predictions, out_dir: Path, top_pairs: int = 15, mistakes: int = 
                              f"said {pretty(pair['predicted'])} {conf[i]:.0%}", False))
     files["confused_pairs"] = image_grid(examples, out_dir / "confused_pairs.png",
                                          "The most confused pairs: true class, predicted class (confidence)")
-    wrong = np.flatnonzero(~correct)
-    worst = wrong[np.argsort(-conf[wrong], kind="stable")][:mistakes]
+    worst = confident_mistakes(p, mistakes)
     files["confident_mistakes"] = image_grid(
         [(p.split.images[i], f"said {pretty(names[pred[i]])} {conf[i]:.0%}", f"is {pretty(names[y[i]])}", False)
          for i in worst],

@@ -32,6 +32,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # -- which model: one vocabulary for every subcommand that uses a trained model ---------------------
 DATA_HELP = "folder holding cifar-100-python/ (default: the run's, else env CIFAR100_DATA, else ./data)"
+IMAGES_HELP = ("instead of a split: your own labelled images, DIR/CLASS_NAME/*.jpg (one sub-folder per CIFAR-100 "
+               "class name; any format Pillow reads, resized as `predict` does)")
 SOURCE_HELP = "'default' (the ResNet18 shipped in the package), a run folder, or a .pt, .safetensors or .onnx file"
 
 
@@ -90,14 +92,29 @@ def out_folder(source: str) -> Path:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
     from c100.evaluate import evaluate, format_table
 
     source, which = model_choice(args)
-    r = evaluate(source, args.split, which, args.tta, args.data_dir, args.device, args.backend)
-    print(format_table(r, worst=100 if args.per_class else 5))
-    if r.get("recorded"):
-        print(f"  recorded at export: top-1 {r['recorded']['top1']:.2%} on {r['recorded']['n']} images")
+    r = evaluate(source, args.split, which, args.tta, args.data_dir, args.device, args.backend, images=args.images)
+    if args.json:
+        print(json.dumps(r, indent=2))
+    else:
+        print(format_table(r, worst=100 if args.per_class else 5))
+        if r.get("recorded"):
+            print(f"  recorded at export: top-1 {r['recorded']['top1']:.2%} on {r['recorded']['n']} images")
+    warn_skipped(r)
     return 0
+
+
+def warn_skipped(result: dict) -> None:
+    """The files of a labelled folder that could not be read: one line each on stderr, then their count."""
+    for s in result.get("skipped", []):
+        print(f"c100: warning: {s['file']}: {s['error']}", file=sys.stderr)
+    if result.get("skipped"):
+        print(f"c100: warning: {len(result['skipped'])} file(s) skipped; measured on the {result['n']} others",
+              file=sys.stderr)
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -141,16 +158,36 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from c100.explain import explain_files
+    from c100.predict import expand_inputs
+
+    files = expand_inputs(args.inputs, args.recursive)
+    results = explain_files(load_model(args), files, Path(args.out), args.top_k, args.layer)
+    for r in results:
+        if r.error:
+            print(f"c100: error: {r.file}: {r.error}", file=sys.stderr)
+        else:
+            print(f"{r.picture}  " + ", ".join(f"{t['label']} {t['prob']:.0%}" for t in r.top))
+    return 1 if any(r.error for r in results) else 0
+
+
 def cmd_mosaic(args: argparse.Namespace) -> int:
     from c100.evaluate import load_predictions
     from c100.mosaic import draw_mosaic, parse_classes, save_png
 
     source, which = model_choice(args)
-    p = load_predictions(source, args.split, which, args.data_dir, args.device)
+    p = load_predictions(source, args.split, which, args.data_dir, args.device, args.images)
+    warn_skipped(p.result)
     img = draw_mosaic(p, parse_classes(args.classes, p.meta.fine_names), args.per_row, args.scale)
-    out = Path(args.out) if args.out else out_folder(source) / f"mosaic-{args.split}.png"
+    out = Path(args.out) if args.out else out_folder(source) / f"mosaic-{picture_name(args)}.png"
     print(f"{save_png(img, out)}  ({img.width}x{img.height} px, {out.stat().st_size / 1e3:.0f} kB)")
     return 0
+
+
+def picture_name(args: argparse.Namespace) -> str:
+    """What a picture's default file name says it shows: the split, or the labelled folder's name."""
+    return Path(args.images).resolve().name if args.images else args.split
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -158,10 +195,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from c100.evaluate import load_predictions
 
     source, which = model_choice(args)
-    p = load_predictions(source, args.split, which, args.data_dir, args.device)
-    out = Path(args.out) if args.out else out_folder(source) / f"analysis-{args.split}"
+    p = load_predictions(source, args.split, which, args.data_dir, args.device, args.images)
+    warn_skipped(p.result)
+    out = Path(args.out) if args.out else out_folder(source) / f"analysis-{picture_name(args)}"
     s = analyze(p, out)
-    print(f"{args.split}: top-1 {s['top1']:.2%}, expected calibration error {s['ece']:.2%}")
+    print(f"{args.images or args.split}: top-1 {s['top1']:.2%}, expected calibration error {s['ece']:.2%}")
     print(pairs_markdown(s["confused_pairs"][:10]))
     print(f"pictures in {out}/: " + ", ".join(s["files"].values()))
     return 0
@@ -171,7 +209,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from c100.report import build_report
 
     source, which = model_choice(args)
-    for path in build_report(source, args.split, which, args.data_dir, args.device):
+    for path in build_report(source, args.split, which, args.data_dir, args.device, args.images):
         print(path)
     return 0
 
@@ -255,8 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="accuracy of a trained model on the test (or validation) set")
     add_model_args(e, backend="torch")
     e.add_argument("--split", choices=["test", "val"], default="test")
+    e.add_argument("--images", metavar="DIR", help=IMAGES_HELP)
     e.add_argument("--tta", action="store_true", help="also report horizontal-flip test-time augmentation")
     e.add_argument("--per-class", action="store_true", help="print every class's accuracy")
+    e.add_argument("--json", action="store_true", help="print the whole result as JSON instead of a table")
     e.add_argument("--data-dir", help=DATA_HELP)
     e.set_defaults(fn=cmd_evaluate)
 
@@ -280,9 +320,21 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
     pr.set_defaults(fn=cmd_predict)
 
+    xp = sub.add_parser("explain", help="why the model answered: Grad-CAM heat maps of its top-k classes, one PNG "
+                                        "per image")
+    xp.add_argument("inputs", nargs="+", metavar="IMAGE|DIR", help="image files (any format Pillow reads) or folders")
+    add_model_args(xp, positional=False, default="default", backend="torch")
+    xp.add_argument("--top-k", type=int, default=3, help="classes to explain per image, best first [3]")
+    xp.add_argument("--out", default="explain", help="folder for the PNGs, NAME-explain.png [explain]")
+    xp.add_argument("--layer", help="the network layer whose feature maps are weighed, e.g. layer3 (default: the "
+                                    "last with a spatial map, layer4 in a ResNet)")
+    xp.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
+    xp.set_defaults(fn=cmd_explain)
+
     def picture_args(sp: argparse.ArgumentParser) -> None:
         add_model_args(sp)
         sp.add_argument("--split", choices=["test", "val"], default="test")
+        sp.add_argument("--images", metavar="DIR", help=IMAGES_HELP)
         sp.add_argument("--data-dir", help=DATA_HELP)
 
     mo = sub.add_parser("mosaic", help="one PNG of the images grouped by predicted class (green right, red wrong)")

@@ -18,6 +18,7 @@ import torch
 
 from c100 import UserError, checkpoint, data
 from c100.config import TrainConfig, from_dict
+from c100.folder import read_folder
 from c100.inference import Model, load, resolve_source
 
 
@@ -82,12 +83,27 @@ def eval_config(model: Model, data_dir: str | None) -> TrainConfig:
 
 def evaluate(source: str | Path = "default", split: str = "test", checkpoint: str = "last", tta: bool = False,
              data_dir: str | None = None, device: str = "auto", backend: str = "torch",
-             precision: str = "fp32") -> dict:
-    """Evaluate a model (any source `inference.load` takes) on a split, through the reference torch fp32
-    path unless another `backend` or `precision` is named (the result says which). For a run's checkpoint, writes
-    eval-SPLIT-WHICH.json and the logits (pred-SPLIT-WHICH.npz, read by the pictures and the report)
-    next to it; for an export, adds what was recorded at export time."""
-    return evaluate_model(load(source, checkpoint, device, precision, backend), split, tta, data_dir).result
+             precision: str = "fp32", images: str | Path | None = None) -> dict:
+    """Evaluate a model (any source `inference.load` takes) on a split, or on a labelled folder of `images`
+    (folder.py), through the reference torch fp32 path unless another `backend` or `precision` is named (the
+    result says which). For a run's checkpoint on a split, writes eval-SPLIT-WHICH.json and the logits
+    (pred-SPLIT-WHICH.npz, read by the pictures and the report) next to it; for an export, adds what was
+    recorded at export time."""
+    model = load(source, checkpoint, device, precision, backend)
+    if images is not None:
+        return evaluate_folder(model, images, tta).result
+    return evaluate_model(model, split, tta, data_dir).result
+
+
+def result_head(model: Model, split: str) -> dict:
+    """What an evaluation result says about the model and the path it ran."""
+    card = model.card
+    weights = card.get("weights", "model")
+    if not is_run_checkpoint(model):
+        weights = f"exported ({card.get('dtype', 'float32')}, {model.backend})"
+    return {"checkpoint": str(model.source), "epoch": card["trained"]["epochs"], "split": split,
+            "arch": model.arch, "weights": weights, "eval_size": model.input_size, "precision": model.precision,
+            "backend": model.backend, "tta": model.tta}
 
 
 def evaluate_model(model: Model, split: str = "test", tta: bool = False, data_dir: str | None = None) -> Predictions:
@@ -97,14 +113,7 @@ def evaluate_model(model: Model, split: str = "test", tta: bool = False, data_di
     if meta.fine_names != model.classes:
         raise UserError(f"the class names of {cfg.data_dir} differ from those {model.source} was trained on; "
                         f"evaluate on the same data set")
-    card = model.card
-    weights = card.get("weights", "model")
-    if not is_run_checkpoint(model):
-        weights = f"exported ({card.get('dtype', 'float32')}, {model.backend})"
-    head = {"checkpoint": str(model.source), "epoch": card["trained"]["epochs"], "split": split,
-            "arch": model.arch, "weights": weights, "eval_size": model.input_size, "precision": model.precision,
-            "backend": model.backend, "tta": model.tta}
-    result, logits = measure(model, images, meta, tta, head)
+    result, logits = measure(model, images, meta, tta, result_head(model, split))
     if is_run_checkpoint(model) and model.precision == "fp32":  # the reference path's results only
         ck = model.source
         buf = io.BytesIO()
@@ -112,8 +121,19 @@ def evaluate_model(model: Model, split: str = "test", tta: bool = False, data_di
         checkpoint.atomic_write_bytes(ck.parent / f"pred-{split}-{ck.stem}.npz", buf.getvalue())
         checkpoint.atomic_write_json(ck.parent / f"eval-{split}-{ck.stem}.json", result)
     else:
-        result["recorded"] = card.get("accuracy", {}).get(split)
+        result["recorded"] = model.card.get("accuracy", {}).get(split)
     return Predictions(images, logits, meta, result)
+
+
+def evaluate_folder(model: Model, root: str | Path, tta: bool = False) -> Predictions:
+    """evaluate_model() on a labelled folder of your own images (one sub-folder per class name): the
+    model's own classes label it, so no data set is needed; nothing is cached beside the model."""
+    meta = data.Meta(model.classes, model.superclasses, model.fine_to_coarse)
+    found = read_folder(root, meta)
+    head = {**result_head(model, "images"), "images": str(root)}
+    result, logits = measure(model, found.split, meta, tta, head)
+    result["skipped"] = found.skipped
+    return Predictions(found.split, logits, meta, result)
 
 
 @dataclass
@@ -131,10 +151,14 @@ class Predictions:
 
 
 def load_predictions(source: str | Path = "default", split: str = "test", checkpoint: str = "last",
-                     data_dir: str | None = None, device: str = "auto") -> Predictions:
+                     data_dir: str | None = None, device: str = "auto",
+                     images: str | Path | None = None) -> Predictions:
     """A model's logits on a split: for a run's checkpoint, those saved by `evaluate` (computed now if
-    absent or older than the checkpoint); for other sources, computed now."""
+    absent or older than the checkpoint); for other sources, and for a labelled folder of `images`,
+    computed now."""
     ck = resolve_source(source, checkpoint)
+    if images is not None:
+        return evaluate_folder(load(ck, checkpoint, device, backend="torch"), images)
     cache, js = ck.parent / f"pred-{split}-{ck.stem}.npz", ck.parent / f"eval-{split}-{ck.stem}.json"
     fresh = cache.is_file() and js.is_file() and cache.stat().st_mtime >= ck.stat().st_mtime
     if ck.suffix in (".safetensors", ".onnx") or not fresh:
@@ -155,7 +179,8 @@ def checkpoint_config(ck: Path) -> dict:
 
 
 def format_table(r: dict, worst: int = 5) -> str:
-    lines = [f"{r['split']} set, {r['n']} images, {r['arch']} ({r['weights']} weights, epoch {r['epoch']}; "
+    where = f"{r['images']}: labelled folder" if r["split"] == "images" else f"{r['split']} set"
+    lines = [f"{where}, {r['n']} images, {r['arch']} ({r['weights']} weights, epoch {r['epoch']}; "
              f"{r.get('backend', 'torch fp32')}{', flip TTA' if r.get('tta') else ''})",
              f"  top-1       {r['top1']:.2%}", f"  top-5       {r['top5']:.2%}",
              f"  superclass  {r['superclass']:.2%}", f"  loss        {r['loss']:.4f}"]
@@ -167,4 +192,6 @@ def format_table(r: dict, worst: int = 5) -> str:
         scored.sort()
         lines.append("  hardest classes: " + ", ".join(f"{n} {a:.0%}" for a, n in scored[:worst]))
         lines.append("  easiest classes: " + ", ".join(f"{n} {a:.0%}" for a, n in scored[::-1][:worst]))
+    if r.get("skipped"):
+        lines.append(f"  skipped: {len(r['skipped'])} file(s) that could not be read (listed on stderr)")
     return "\n".join(lines)

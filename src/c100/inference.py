@@ -15,8 +15,10 @@ trained at last (progressive resizing may end below 32 px), and fed through it. 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import threading
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -156,6 +158,7 @@ def load(source: str | Path = "default", checkpoint: str = "last", device: str =
     openvino, openvino-int8 (OpenVINO), or auto (the fastest within 0.5 points of torch fp32 as
     `c100 quantize` measured it on this CPU; torch before that)."""
     path = resolve_source(source, checkpoint)
+    weights = path if path.suffix != ".onnx" else None  # what explain() runs when another runtime answers
     runtime = "onnxruntime"
     if backend != "torch" or path.suffix == ".onnx":
         from c100.quantize import backend_file, choose
@@ -170,7 +173,7 @@ def load(source: str | Path = "default", checkpoint: str = "last", device: str =
         card = load_sidecar(path)
         ckpt.check_card(card, str(sidecar_path(path)))
         session = OpenVinoSession(path) if runtime == "openvino" else OnnxSession(path)
-        return Model(card, session=session, source=path, precision="fp32", device="cpu")
+        return Model(card, session=session, source=path, precision="fp32", device="cpu", torch_source=weights)
     if path.suffix == ".safetensors":
         card = load_sidecar(path)
         module = load_safetensors(path, card)
@@ -321,7 +324,8 @@ class Model:
     def __init__(self, card: dict, module: nn.Module | None = None, *,
                  session: _Session | None = None,
                  source: Path | None = None, device: str | torch.device = "auto", precision: str = "fp32",
-                 batch_size: int | None = None, channels_last: bool | None = None, tta: bool | None = None):
+                 batch_size: int | None = None, channels_last: bool | None = None, tta: bool | None = None,
+                 torch_source: Path | None = None):
         self.card, self.source, self.precision = card, source, precision
         cfg = card.get("trained", {}).get("config") or {}
         self.arch: str = card["arch"]
@@ -338,6 +342,9 @@ class Model:
         self.tta = bool(cfg.get("tta", False) if tta is None else tta)
         self.module, self._session = module, session
         self.net: nn.Module | None = None
+        # Grad-CAM's network: an eval copy of the module, or the torch network of the weights a session
+        # backend runs (an ONNX graph has no gradients); hooks on a shared module: one explanation at a time
+        self._torch_source, self._cam_net, self._cam_lock = torch_source, None, threading.Lock()
         self.device = torch.device("cpu")
         if module is not None:
             self.to(device)
@@ -367,7 +374,7 @@ class Model:
             if dev.type != "cpu":
                 raise UserError(f"an ONNX model runs on the CPU with {self._session.runtime}; use --device cpu")
             return self
-        self.device = dev
+        self.device, self._cam_net = dev, None
         self.module = self.module.to(dev)  # in place; its train/eval mode is left as it is (a live model)
         if self.channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
@@ -390,33 +397,83 @@ class Model:
         return both - math.log(2)
 
     def _forward(self, x: torch.Tensor, flip: bool, bs: int) -> torch.Tensor:
-        dev = self.device
-        norm = Normalize(self.normalization, dev)
         out = []
         for i in range(0, len(x), bs):
-            with one_torch_thread() if self._session is not None else nullcontext():
-                xb = norm(x[i:i + bs].to(dev))
-                if flip:
-                    xb = xb.flip(3)
-                xb = resize(xb, self.input_size)
+            xb = self._inputs(x[i:i + bs], flip)
             if self._session is not None:
                 out.append(self._session(xb).float())
                 continue
-            if self.channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            with autocast(self.precision, dev):
+            with autocast(self.precision, self.device):
                 out.append(self.net(xb).float())
-        return torch.cat(out) if out else torch.zeros(0, len(self.classes), device=dev)
+        return torch.cat(out) if out else torch.zeros(0, len(self.classes), device=self.device)
+
+    def _inputs(self, x: torch.Tensor, flip: bool = False) -> torch.Tensor:
+        """uint8 images as the network takes them: normalised, mirrored with `flip`, resized to its input size."""
+        with one_torch_thread() if self._session is not None else nullcontext():
+            xb = Normalize(self.normalization, self.device)(x.to(self.device))
+            if flip:
+                xb = xb.flip(3)
+            xb = resize(xb, self.input_size)
+        if self._session is None and self.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        return xb
 
     def predict(self, images, k: int = 5) -> list[dict] | list[list[dict]]:
         """The k most probable classes (label, superclass, probability; best first) of each image; for a
         single image (a path, a PIL image or one 3 x 32 x 32 array), its list alone."""
         probs = self.logits(images).float().softmax(1).cpu()
         p, idx = probs.topk(min(k, probs.shape[1]), 1)
-        tops = [[{"label": self.classes[c], "superclass": self.superclasses[self.fine_to_coarse[c]],
+        tops = self._answers(p, idx)
+        return tops[0] if _is_single(images) else tops
+
+    def _answers(self, p: torch.Tensor, idx: torch.Tensor) -> list[list[dict]]:
+        return [[{"label": self.classes[c], "superclass": self.superclasses[self.fine_to_coarse[c]],
                   "prob": round(q, 4)} for q, c in zip(pr, ix, strict=True)]
                 for pr, ix in zip(p.tolist(), idx.tolist(), strict=True)]
-        return tops[0] if _is_single(images) else tops
+
+    def explain(self, images, k: int = 1, targets=None, layer: str | None = None) -> list[dict] | list[list[dict]]:
+        """predict() with a Grad-CAM heat map for each answer (models/cam.py): "map" is a 32 x 32 float32 array
+        in [0, 1] over the 32 x 32 image, 1 where the evidence for that class is strongest. The classes are
+        the top k, or `targets` (class indices, N x j). A model with flip TTA averages the image's map and
+        its mirror's (mirrored back). The answers come from this model's backend; the maps from the torch
+        network of the same weights, in fp32 (an ONNX or int8 graph has no gradients to take)."""
+        from c100.models.cam import cam_layer, grad_cam
+
+        x = as_batch(images)
+        probs = self.logits(x).float().softmax(1).cpu()
+        if targets is None:
+            p, idx = probs.topk(min(k, probs.shape[1]), 1)
+        else:
+            idx = torch.as_tensor(targets, dtype=torch.long).reshape(len(x), -1)
+            p = probs.gather(1, idx)
+        maps = torch.zeros(len(x), idx.shape[1], 32, 32)
+        with self._cam_lock:
+            net = self._explainer()  # on self.device: the module's copy, or on the CPU beside a session
+            for i in range(0, len(x), self.batch_size):
+                xb, tb = x[i:i + self.batch_size], idx[i:i + self.batch_size].to(self.device)
+                where = cam_layer(net, self._inputs(xb), layer)
+                for flipped in (False, True) if self.tta else (False,):
+                    m = grad_cam(net, self._inputs(xb, flipped), tb, where).cpu()
+                    maps[i:i + len(xb)] += m.flip(3) if flipped else m
+        top = maps.amax((2, 3), keepdim=True)
+        maps = torch.where(top > 0, maps / top.clamp_min(1e-12), 0)
+        answers = self._answers(p, idx)
+        for per_image, image_maps in zip(answers, maps.numpy(), strict=True):
+            for a, m in zip(per_image, image_maps, strict=True):
+                a["map"] = m
+        return answers[0] if _is_single(images) else answers
+
+    def _explainer(self) -> nn.Module:
+        """The torch network Grad-CAM hooks into: not the folded copy (a flat fx graph, no layers to hook)."""
+        if self._cam_net is None:
+            if self.module is not None:
+                self._cam_net = copy.deepcopy(self.module).eval()  # the module may be a live, training one
+            elif self._torch_source is not None:
+                self._cam_net = load(self._torch_source, device="cpu", backend="torch").module
+            else:
+                raise UserError(f"{self.source} is an ONNX graph, which has no gradients for Grad-CAM; explain the "
+                                f".safetensors file or the run it was exported from")
+        return self._cam_net
 
 
 # -- inputs ---------------------------------------------------------------------------------------

@@ -64,7 +64,8 @@ def draw_mosaic(p: Predictions, classes: list[int], per_row: int = 24, scale: in
     img = Image.new("RGB", (width, header + row_h * len(classes) + 4), PAPER)
     d = ImageDraw.Draw(img)
     acc = (pred == y).mean()
-    d.text((8, 6), f"{p.result.get('split', 'test')} images grouped by predicted class: {len(y)} images, "
+    where = p.result.get("images") or p.result.get("split", "test")  # a labelled folder, or a split
+    d.text((8, 6), f"{where} images grouped by predicted class: {len(y)} images, "
                    f"top-1 {acc:.2%}. Frame: green = right, red = wrong. Up to {per_row} per row (a seeded sample), "
                    f"most confident first.", fill=INK, font=small)
     rng = np.random.default_rng(seed)

@@ -111,19 +111,28 @@ def predict_files(model: Model, files: list[Path], top_k: int = 5, batch_size: i
     the others are still classified."""
     results = []
     for i in range(0, len(files), batch_size):
-        arrays, ok = [], []
-        for f in files[i:i + batch_size]:
-            r = Result(str(f))
-            try:
-                arrays.append(load_image(f))
-                ok.append(r)
-            except ValueError as e:
-                r.error = str(e)
-            results.append(r)
+        batch, arrays, ok = read_files(files[i:i + batch_size], Result)
+        results += batch
         if arrays:
             for r, top in zip(ok, model.predict(np.stack(arrays), top_k), strict=True):
                 r.top = top
     return results
+
+
+def read_files(files: list[Path], result) -> tuple[list, list[np.ndarray], list]:
+    """Each file decoded with load_image, beside a `result(name)` for each (one with an `error` field): a
+    file that cannot be read gets its one-line reason there. Returns every result, the images read and
+    the results that go with them."""
+    results, arrays, ok = [], [], []
+    for f in files:
+        r = result(str(f))
+        try:
+            arrays.append(load_image(f))
+            ok.append(r)
+        except ValueError as e:
+            r.error = str(e)
+        results.append(r)
+    return results, arrays, ok
 
 
 def format_results(results: list[Result]) -> str:

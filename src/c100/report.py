@@ -15,6 +15,8 @@ from c100 import UserError
 from c100.analysis import analyze, pairs_markdown
 from c100.checkpoint import atomic_write_text
 from c100.evaluate import load_predictions
+from c100.explain import mistakes_picture
+from c100.inference import load
 from c100.mosaic import draw_mosaic, save_png
 from c100.plots import plot_curves
 
@@ -24,17 +26,19 @@ def _read_json(path: Path) -> dict:
 
 
 def build_report(run: str | Path, split: str = "test", which: str = "last", data_dir: str | None = None,
-                 device: str = "auto") -> tuple[Path, Path]:
+                 device: str = "auto", images: str | Path | None = None) -> tuple[Path, Path]:
     run = Path(run)
     if not (run / "config.yaml").is_file():
         raise UserError(f"{run} is not a run folder (no config.yaml); pass a folder written by `c100 train`")
     out = run / "report"
     out.mkdir(exist_ok=True)
     curves = plot_curves(run, out / "curves")[0]
-    p = load_predictions(run, split, which, data_dir, device)
+    p = load_predictions(run, split, which, data_dir, device, images)
+    split = f"{images} images" if images else split
     summary = analyze(p, out)
     mosaic = draw_mosaic(p, list(range(min(20, len(p.meta.fine_names)))), per_row=16, scale=1)
     thumb = save_png(mosaic, out / "mosaic_thumbnail.png")
+    why = save_png(mistakes_picture(load(run, which, device, backend="torch"), p), out / "mistakes_explained.png")
     r = p.result
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     env = _read_json(run / "env.json")
@@ -50,6 +54,7 @@ def build_report(run: str | Path, split: str = "test", which: str = "last", data
         ("Most confused pairs", "markdown", pairs_markdown(summary["confused_pairs"][:10])),
         ("Examples of the most confused pairs", "image", out / summary["files"]["confused_pairs"]),
         ("The most confident mistakes", "image", out / summary["files"]["confident_mistakes"]),
+        ("Where the model looked in them", "image", why),
         ("Calibration", "image", out / summary["files"]["calibration"]),
         ("Per-class accuracy", "image", out / summary["files"]["per_class"]),
         ("Predictions of the first 20 classes (full picture: `c100 mosaic`)", "image", thumb),

@@ -37,6 +37,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from c100 import UserError
 from c100.batching import MicroBatcher
 from c100.predict import decode_image
 
@@ -50,7 +51,7 @@ def gallery(data_dir: str | None, n: int = 24, seed: int = 0) -> list[dict]:
     """n test images as PNG data URIs, or none when the data set is not at hand."""
     if not data_dir:
         return []
-    from c100 import UserError, data
+    from c100 import data
 
     try:
         splits, meta = data.load(data_dir, download_ok=False, splits=("test",), check_size=False)
@@ -67,6 +68,14 @@ def gallery(data_dir: str | None, n: int = 24, seed: int = 0) -> list[dict]:
         out.append({"src": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode(),
                     "label": meta.fine_names[test.fine[i]]})
     return out
+
+
+def heat_map(model, image: np.ndarray, label: str) -> str:
+    """The image under the heat map of the evidence for `label` (explain.py), as a PNG data URI."""
+    from c100.explain import overlay, png_data_uri
+
+    answer = model.explain(image, targets=[[model.classes.index(label)]])[0]
+    return png_data_uri(overlay(image, answer["map"], scale=5))
 
 
 def script_json(obj) -> str:
@@ -90,7 +99,9 @@ def _error(status: int, message: str, close: bool = False) -> JSONResponse:
 
 def create_app(predictor, max_bytes: int = 10 << 20, gallery_items: list[dict] | None = None, *,
                body_timeout: float = BODY_TIMEOUT, max_batch: int = 32) -> Starlette:
-    """The ASGI app: GET / (the page), GET /health, POST /api/predict (raw image bytes as the body)."""
+    """The ASGI app: GET / (the page), GET /health, POST /api/predict (raw image bytes as the body; with
+    ?explain=1 the answer also carries "map", a PNG data URI of the image under the Grad-CAM heat map of its
+    first class, which the page shows beside the answer)."""
     page = render_page(max_bytes, gallery_items)
     limit_mb = f"{max_bytes / (1 << 20):g}"
 
@@ -100,9 +111,15 @@ def create_app(predictor, max_bytes: int = 10 << 20, gallery_items: list[dict] |
     # requests that arrive together share one forward pass (batching.py); decoding stays per request
     batcher = MicroBatcher(predictor, k=5, max_batch=max_batch)
 
-    async def predict_bytes(raw: bytes) -> dict:
+    async def predict_bytes(raw: bytes, explain: bool = False) -> dict:
         array = await run_in_threadpool(decode_image, io.BytesIO(raw))  # ValueError: a one-line reason
-        return {"top": await asyncio.wrap_future(batcher.submit(array))}
+        out = {"top": await asyncio.wrap_future(batcher.submit(array))}
+        if explain and hasattr(predictor, "explain"):  # outside the batcher: a backward pass per image
+            try:
+                out["map"] = await run_in_threadpool(heat_map, predictor, array, out["top"][0]["label"])
+            except UserError as e:  # a model with no torch network (an ONNX file alone): the answer still counts
+                out["map_error"] = str(e)
+        return out
 
     async def index(request: Request) -> Response:
         return HTMLResponse(page)
@@ -137,7 +154,8 @@ def create_app(predictor, max_bytes: int = 10 << 20, gallery_items: list[dict] |
         if not body:
             return _error(400, "empty file")
         try:
-            return JSONResponse(await predict_bytes(bytes(body)))
+            explain = request.query_params.get("explain", "") in ("1", "true")
+            return JSONResponse(await predict_bytes(bytes(body), explain))
         except ValueError as e:
             return _error(400, str(e))
 
@@ -181,8 +199,6 @@ def _url(host: str, port: int) -> str:
 
 def _listen(host: str, port: int) -> socket.socket:
     """A listening socket, or c100.UserError with a one-line reason (port taken, unknown host...)."""
-    from c100 import UserError
-
     try:
         family, kind, proto, _, addr = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM,
                                                           flags=socket.AI_PASSIVE)[0]
