@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 import torch
 
-from c100 import UserError, checkpoint
+from c100 import UserError, checkpoint, lock
 from c100 import train as train_mod
 from c100.cli import main
 from c100.schedule import lr_factor
@@ -152,7 +152,8 @@ def _finish(p: subprocess.Popen, log: Path, tag: str) -> str:
 
 
 def _temps(run: Path) -> list[str]:
-    return sorted(p.name for p in run.iterdir() if p.name.startswith("."))
+    """Temp files left in a run folder (not the lock's file, which a kill leaves and the next writer takes)."""
+    return sorted(p.name for p in run.iterdir() if p.name.startswith(".") and p.name != lock.LOCK_NAME)
 
 
 def _readable(run: Path) -> dict:

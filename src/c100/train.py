@@ -9,6 +9,7 @@ its slice of every global batch, DDP averages the gradients, and only rank 0 log
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import dataclasses
@@ -26,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from c100 import UserError, augment, checkpoint, data, distributed
+from c100 import UserError, augment, checkpoint, data, distributed, lock
 from c100.augment import AugmentSpec, Normalize, epoch_generator, resize, steps_per_epoch
 from c100.config import TrainConfig, apply, from_dict, read_yaml, save_yaml
 from c100.device import autocast, resolve_precision, select_device
@@ -515,19 +516,51 @@ def format_row(r: dict) -> str:
             f"{val}  {r['epoch_s']:.1f}s  {r['images_per_s']:.0f} img/s{res}")
 
 
-def _check_fresh(run_dir: Path) -> None:
+def _check_place(run_dir: Path) -> None:
+    """Before anything is created: --out can be a folder, and the nearest folder that exists takes files."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--out {run_dir} is a file, not a folder; pass another --out")
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise UserError(f"run folder {run_dir} already exists and is not empty; pass another --out, or "
-                        f"--resume {run_dir} to continue it")
-    # before the data is loaded: the nearest folder that exists must take the run's files
     here = next(p for p in (run_dir, *run_dir.absolute().parents) if p.exists())
     if not here.is_dir():
         raise UserError(f"cannot create run folder {run_dir}: {here} is a file, not a folder; pass another --out")
     if not os.access(here, os.W_OK | os.X_OK):
         raise UserError(f"cannot create run folder {run_dir}: {here} is not writable (read-only or no "
                         f"permission); pass another --out")
+
+
+@contextlib.contextmanager
+def claim(run_dir: Path):
+    """The new run's folder, created and locked for the block (rank 0 only: the one writer). Creating and
+    locking are one step: "must be empty" is checked under the lock, so of two runs started at the same
+    instant into one folder exactly one gets it and the other stops at once, having written nothing. A
+    block that fails before writing a file (bad data, say) leaves no folder behind."""
+    if not distributed.is_main():
+        yield
+        return
+    _check_place(run_dir)
+    made = [p for p in (run_dir.absolute(), *run_dir.absolute().parents) if not p.exists()]
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create run folder {run_dir}: {checkpoint.os_reason(e)}; pass another --out") from None
+    try:
+        with lock.hold_folder(run_dir, f"run folder {run_dir} is being written by another run; pass another --out"):
+            if any(p.name != lock.LOCK_NAME for p in run_dir.iterdir()):
+                raise UserError(f"run folder {run_dir} already exists and is not empty; pass another --out, or "
+                                f"--resume {run_dir} to continue it")
+            yield
+    finally:
+        for p in made:  # rmdir removes only empty folders: what this run made and wrote nothing into
+            with contextlib.suppress(OSError):
+                p.rmdir()
+
+
+def hold_run(run_dir: Path):
+    """The lock of an existing run folder for the block (rank 0 only), or a one-line error naming its holder."""
+    if not distributed.is_main() or not run_dir.is_dir():  # no folder: resume_point says there is nothing
+        return contextlib.nullcontext()
+    return lock.hold_folder(run_dir, f"run {run_dir} is still being written by another process; wait for it to "
+                                     f"end (or stop it) before resuming it")
 
 
 def build_trainer(cfg: TrainConfig, run_dir: Path | str, log=print, on_epoch=None, init: bool = True) -> Trainer:
@@ -541,25 +574,21 @@ def build_trainer(cfg: TrainConfig, run_dir: Path | str, log=print, on_epoch=Non
 
 
 def train(cfg: TrainConfig, run_dir: Path | str, log=print, on_epoch=None) -> Trainer:
-    """Train a new run into `run_dir` (which must not hold anything yet)."""
+    """Train a new run into `run_dir` (which must not hold anything yet), its only writer while it runs."""
     run_dir = Path(run_dir)
-    _check_fresh(run_dir)
-    trainer = build_trainer(cfg, run_dir, log, on_epoch)  # loads data first: a bad data dir leaves no folder
-    if distributed.is_main():  # every process has checked the folder (loading the data waits at a barrier)
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"cannot create run folder {run_dir}: {checkpoint.os_reason(e)}; pass another "
-                            f"--out") from None
-        save_yaml(trainer.cfg.to_dict(), run_dir / "config.yaml")
-        env = dict(checkpoint.environment(trainer.device), processes=trainer.world)
-        checkpoint.atomic_write_json(run_dir / "env.json", env)
-    length = f"{cfg.time_budget:g} s (at most {cfg.epochs} epochs)" if cfg.time_budget else f"{cfg.epochs} epochs"
-    where = checkpoint.device_name(trainer.device) + (f" x {trainer.world} processes" if trainer.world > 1 else "")
-    lr = f", peak lr {peak_lr(cfg):g} (scaled from {cfg.lr:g} at batch {cfg.lr_ref_batch})" if cfg.lr_ref_batch else ""
-    trainer.log(f"training {cfg.model} for {length} on {where}{lr} -> {run_dir}")
-    _warm_up(trainer)
-    trainer.fit()
+    with claim(run_dir):
+        trainer = build_trainer(cfg, run_dir, log, on_epoch)  # loads data first: a bad data dir leaves no folder
+        if distributed.is_main():
+            save_yaml(trainer.cfg.to_dict(), run_dir / "config.yaml")
+            env = dict(checkpoint.environment(trainer.device), processes=trainer.world)
+            checkpoint.atomic_write_json(run_dir / "env.json", env)
+        length = f"{cfg.time_budget:g} s (at most {cfg.epochs} epochs)" if cfg.time_budget else f"{cfg.epochs} epochs"
+        where = checkpoint.device_name(trainer.device) + (f" x {trainer.world} processes" if trainer.world > 1 else "")
+        lr = (f", peak lr {peak_lr(cfg):g} (scaled from {cfg.lr:g} at batch {cfg.lr_ref_batch})"
+              if cfg.lr_ref_batch else "")
+        trainer.log(f"training {cfg.model} for {length} on {where}{lr} -> {run_dir}")
+        _warm_up(trainer)
+        trainer.fit()
     return trainer
 
 
@@ -610,12 +639,19 @@ def resume_point(run_dir: Path | str, overrides: dict | None = None) -> tuple[Tr
 def resume(run_dir: Path | str, overrides: dict | None = None, log=print) -> Trainer:
     """Continue a run from its last.pt: it ends with the weights a straight run would have (unless --lr
     changed, which the run then records: `resumes` in its checkpoints, a comment in its config.yaml)."""
-    return resume_from(run_dir, *resume_point(run_dir, overrides), log=log)
+    with hold_run(Path(run_dir)):  # before reading last.pt: a live run may be about to replace it
+        return resume_from(run_dir, *resume_point(run_dir, overrides), log=log)
 
 
 def resume_from(run_dir: Path | str, cfg: TrainConfig, state: dict | None, log=print) -> Trainer:
-    """resume() from what resume_point() read (the CLI reads it once, to set the process up first)."""
+    """resume() from what resume_point() read (the CLI reads it once, to set the process up first), holding
+    the run's lock, which the caller should already hold while it reads."""
     run_dir = Path(run_dir)
+    with hold_run(run_dir):
+        return _resume(run_dir, cfg, state, log)
+
+
+def _resume(run_dir: Path, cfg: TrainConfig, state: dict | None, log) -> Trainer:
     trainer = build_trainer(cfg, run_dir, log, init=state is None)  # a checkpoint holds the weights
     if distributed.is_main():  # the only writer of the folder
         for p in checkpoint.remove_stale_temps(run_dir):
