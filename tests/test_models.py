@@ -109,7 +109,9 @@ def test_gemm_weight_grad_conv_matches_conv2d(monkeypatch, kernel, stride, paddi
     conv = torch.nn.Conv2d(5, 7, kernel, stride, padding, bias=bias)
     conv.load_state_dict(ref.state_dict())
     x = torch.randn(3, 5, px, px)
-    x = x.contiguous(memory_format=torch.channels_last) if nhwc else x
+    if nhwc:  # the input and the weights, as the trainer lays them out
+        x = x.contiguous(memory_format=torch.channels_last)
+        ref, conv = ref.to(memory_format=torch.channels_last), conv.to(memory_format=torch.channels_last)
     xr, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
     yr = ref(xr)
     g = torch.randn_like(yr)
@@ -121,6 +123,8 @@ def test_gemm_weight_grad_conv_matches_conv2d(monkeypatch, kernel, stride, paddi
     torch.testing.assert_close(yc, yr)
     torch.testing.assert_close(xc.grad, xr.grad)
     torch.testing.assert_close(conv.weight.grad, ref.weight.grad, rtol=1e-5, atol=1e-5)
+    # the weight's exact strides (a 1x1 weight's size-1 dims too), which DDP's gradient buckets share
+    assert conv.weight.grad.stride() == conv.weight.stride()
     if bias:
         torch.testing.assert_close(conv.bias.grad, ref.bias.grad)
     out_px = yr.shape[2] * yr.shape[3]

@@ -12,11 +12,11 @@ from c100 import UserError, __version__
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from c100 import config, distributed, train
+    from c100 import config, distributed, lock, train
 
     flags = {name: getattr(args, name) for name in config.FIELDS}
     if args.resume:
-        with train.hold_run(Path(args.resume)):  # one writer, from before last.pt is read
+        with lock.hold_run(Path(args.resume)):  # one writer, from before last.pt is read
             cfg, state = train.resume_point(args.resume, flags)
             train.setup_process(cfg)
             train.resume_from(args.resume, cfg, state)

@@ -5,7 +5,7 @@ behind: the file may stay, the lock does not. The file holds the holder's pid an
 refused can say who holds it. A lock is re-entrant within one thread (train() inside the CLI's own hold),
 and the file is removed when its last hold ends; whoever then locks a file that was removed meanwhile (an
 unlinked inode) opens the path again, so two processes can never hold two different files of one name.
-Under torchrun only rank 0 writes, so only rank 0 locks (train.py): the other ranks never wait on it.
+Under torchrun only rank 0 writes, so only rank 0 locks a run folder: the other ranks never wait on it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from c100 import UserError
+from c100 import UserError, distributed
 from c100.checkpoint import os_reason
 
 try:
@@ -115,3 +115,53 @@ def hold(lock_file: Path | str, busy: str = "", wait: float = 0.0):
 def hold_folder(folder: Path | str, busy: str = "", wait: float = 0.0):
     """hold() on FOLDER/.lock, the lock of a run folder."""
     return hold(Path(folder) / LOCK_NAME, busy or f"{folder} is being written by another process", wait)
+
+
+# -- run folders: the training commands' locks ------------------------------------------------------------
+
+
+def _check_place(run_dir: Path) -> None:
+    """Before anything is created: --out can be a folder, and the nearest folder that exists takes files."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {run_dir} is a file, not a folder; pass another --out")
+    here = next(p for p in (run_dir, *run_dir.absolute().parents) if p.exists())
+    if not here.is_dir():
+        raise UserError(f"cannot create run folder {run_dir}: {here} is a file, not a folder; pass another --out")
+    if not os.access(here, os.W_OK | os.X_OK):
+        raise UserError(f"cannot create run folder {run_dir}: {here} is not writable (read-only or no "
+                        f"permission); pass another --out")
+
+
+@contextlib.contextmanager
+def claim_run(run_dir: Path):
+    """The new run's folder, created and locked for the block (rank 0 only: the one writer). Creating and
+    locking are one step: "must be empty" is checked under the lock, so of two runs started at the same
+    instant into one folder exactly one gets it and the other stops at once, having written nothing. A
+    block that fails before writing a file (bad data, say) leaves no folder behind."""
+    if not distributed.is_main():
+        yield
+        return
+    _check_place(run_dir)
+    made = [p for p in (run_dir.absolute(), *run_dir.absolute().parents) if not p.exists()]
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create run folder {run_dir}: {os_reason(e)}; pass another --out") from None
+    try:
+        with hold_folder(run_dir, f"run folder {run_dir} is being written by another run; pass another --out"):
+            if any(p.name != LOCK_NAME for p in run_dir.iterdir()):
+                raise UserError(f"run folder {run_dir} already exists and is not empty; pass another --out, or "
+                                f"--resume {run_dir} to continue it")
+            yield
+    finally:
+        for p in made:  # rmdir removes only empty folders: what this run made and wrote nothing into
+            with contextlib.suppress(OSError):
+                p.rmdir()
+
+
+def hold_run(run_dir: Path):
+    """The lock of an existing run folder for the block (rank 0 only), or a one-line error naming its holder."""
+    if not distributed.is_main() or not run_dir.is_dir():  # no folder: resume_point says there is nothing
+        return contextlib.nullcontext()
+    return hold_folder(run_dir, f"run {run_dir} is still being written by another process; wait for it to end "
+                                f"(or stop it) before resuming it")

@@ -56,8 +56,20 @@ class _GemmWeightGradConv(torch.autograd.Function):
             grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, list(ctx.stride), list(ctx.padding),
             [1, 1], False, [0, 0], 1, [need_x, need_w and not small, need_b and ctx.has_bias])
         if need_w and small:
-            grad_w = weight_grad_gemm(x, grad, weight.shape, ctx.stride, ctx.padding)
+            grad_w = in_layout_of(weight, weight_grad_gemm(x, grad, weight.shape, ctx.stride, ctx.padding))
         return grad_x, grad_w, grad_b, None, None
+
+
+def in_layout_of(weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """`grad` with exactly the strides of `weight` (channels-last or not). Autograd's layout contract ignores
+    the strides of size-1 dimensions, so it keeps a contiguous grad of a channels-last 1x1 weight as it is;
+    DDP's gradient buckets are views with the parameter's exact strides, and a grad that differs from its
+    bucket view (here only those of the 1x1 downsample convolutions) makes DDP warn "Grad strides do not
+    match bucket view strides" and copy it the slow way. For a 3x3 weight this is the copy autograd would
+    make anyway; for a 1x1 weight a small one."""
+    if grad.stride() == weight.stride():
+        return grad
+    return torch.empty_like(weight).copy_(grad)
 
 
 class GemmWeightGrad(TorchFunctionMode):
