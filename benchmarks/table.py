@@ -293,10 +293,12 @@ def speed_row(r: dict, macs: dict | None = None) -> str:
     multiply-add, given the MAC counts), or the web demo under load."""
     link = f"[{Path(r['_file']).name}](benchmarks/results/{r['_file']})"
     if r["benchmark"] == "load-test":
-        lat = r["latency_ms"]
+        lat, a = r["latency_ms"], r.get("abuse")
+        abuse = (f"; with {a['abuse_sockets']} idle and stalled sockets open: p99 {a['latency_ms']['p99']:.0f} ms, "
+                 f"{a['errors']} errors, /health p99 {a['health_ms']['p99']:.0f} ms" if a else "")
         return (f"| {r['_entry']['row']} | {r['device']} | {r['backend']} ({r['backend_used']}), micro-batching | "
                 f"{r['requests_per_s']:.0f} requests/s, p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms, "
-                f"{r['errors']} errors | - | {link} |")
+                f"{r['errors']} errors{abuse} | - | {link} |")
     name = r.get("auto", "int8")  # the backend `auto` takes: the fastest within 0.5 points of fp32
     b, k = r["backends"][name], r["keras"]
     runs = {"int8": "int8 (ONNX Runtime)", "openvino-int8": "int8 (OpenVINO)", "onnx": "fp32 (ONNX Runtime)",

@@ -23,8 +23,8 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 TOLERANCE = 1e-3
 
 
-def _torchrun(args: list[str], *, timeout: int = 240) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1")  # 2 processes on 2 cores: a thread each
+def _torchrun(args: list[str], *, timeout: int = 240, **env_vars) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", **env_vars)  # 2 processes on 2 cores: a thread each
     return subprocess.run(TORCHRUN + args, capture_output=True, text=True, env=env, timeout=timeout,
                           cwd=Path(__file__).parent)
 
@@ -105,6 +105,33 @@ def test_time_budget_stops_every_process_at_the_same_step(cifar_dir, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert state["finished"] and state["clock_s"] >= 1.5 and len(state["history"]) < 1000
+
+
+def test_channels_last_ddp_steps_without_the_grad_strides_warning(cifar_dir, tmp_path):
+    """ResNet18 channels-last at 16 px: layer3/layer4's 1x1 downsample weights get their gradient from the GEMM
+    path (maps of 4x4 and 2x2); it must come in the weight's exact strides, which DDP's bucket views share,
+    or every process warns "Grad strides do not match bucket view strides" (and DDP copies it the slow way)."""
+    cfg_file = _config(tmp_path, cifar_dir, model="resnet18", resolutions="[16]", train_size=64, val_size=0,
+                       epochs=1, sync_bn=False, ema=0, cutout=0, l2=0)
+    r = _torchrun(["run_c100.py", "train", "--config", str(cfg_file), "--out", str(tmp_path / "run")])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "channels_last: true" in (tmp_path / "run" / "config.yaml").read_text()
+    assert "Grad strides do not match bucket view strides" not in r.stdout + r.stderr
+
+
+def test_a_rank_that_hangs_is_caught_by_the_timeout(cifar_dir, tmp_path):
+    """Rank 1 stops after its 3rd step without dying (torchrun sees nothing wrong): rank 0 waits C100_DIST_TIMEOUT
+    seconds in the next collective, then says so in one line, and torchrun ends the job."""
+    cfg_file = _config(tmp_path, cifar_dir, epochs=1, sync_bn=False)
+    # uncaught, the job would outlast _torchrun's timeout (rank 1 hangs for 240 s) and fail there
+    r = _torchrun(["test_faults.py", "hang:3:1", str(tmp_path / "unused"), "train", "--config", str(cfg_file), "--out",
+                   str(tmp_path / "run")], C100_DIST_TIMEOUT="4")
+    errors = [line for line in r.stderr.splitlines() if line.startswith("c100: error")]
+    assert r.returncode != 0 and errors == [
+        "c100: error: rank 0 waited 4 s for the other processes and gave up: one of them hangs (stuck in a data "
+        "read, a device or a deadlock; its own output says where) or is gone; the last checkpoint is whole: "
+        "`--resume` continues the run; where a step really takes longer, set C100_DIST_TIMEOUT (seconds)"], \
+        r.stderr[-3000:]
 
 
 def test_torchrun_module_command_and_one_line_error(tmp_path):

@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 import torch
 
-from c100 import UserError, checkpoint
+from c100 import UserError, checkpoint, lock
 from c100 import train as train_mod
 from c100.cli import main
 from c100.schedule import lr_factor
@@ -55,7 +55,8 @@ def _launch(argv: list[str]) -> int:
                           bytes are in the temp file (1 = all of them, just before the os.replace);
     fsize:K:BYTES         after this process's K-th checkpoint save, no file may grow past BYTES: the disk
                           "fills" during the next write (RLIMIT_FSIZE; Python ignores SIGXFSZ, so write()
-                          fails with EFBIG).
+                          fails with EFBIG);
+    hang:K:RANK           under torchrun, the process of rank RANK hangs (sleeps, alive) after its K-th step.
     A pause creates SIGNAL_FILE and sleeps until the test kills the process."""
     hook, signal_file, args = argv[0], Path(argv[1]), argv[2:]
     kind, *params = hook.split(":")
@@ -109,6 +110,18 @@ def _launch(argv: list[str]) -> int:
                 resource.setrlimit(resource.RLIMIT_FSIZE, (int(params[1]), hard))
 
         train_mod.Trainer.save = save
+    elif kind == "hang":
+        real_step, calls = train_mod.Trainer.train_step, [0]
+
+        def train_step(self, *args):
+            out = real_step(self, *args)
+            calls[0] += 1
+            if calls[0] == int(params[0]) and os.environ.get("RANK") == params[1]:
+                time.sleep(2 * WAIT_S)  # hangs, never dies: only the others' timeout ends the job before the
+                os._exit(3)  # test's own timeout does
+            return out
+
+        train_mod.Trainer.train_step = train_step
     elif kind != "none":
         raise SystemExit(f"unknown hook {hook}")
     return main(args)
@@ -152,7 +165,8 @@ def _finish(p: subprocess.Popen, log: Path, tag: str) -> str:
 
 
 def _temps(run: Path) -> list[str]:
-    return sorted(p.name for p in run.iterdir() if p.name.startswith("."))
+    """Temp files left in a run folder (not the lock's file, which a kill leaves and the next writer takes)."""
+    return sorted(p.name for p in run.iterdir() if p.name.startswith(".") and p.name != lock.LOCK_NAME)
 
 
 def _readable(run: Path) -> dict:
@@ -540,6 +554,59 @@ def test_nan_weights_with_a_finite_loss_are_not_saved(cifar_dir, tmp_path, monke
     assert not (tmp_path / "run" / "last.pt").exists() and not (tmp_path / "run" / "best.pt").exists()
 
 
+# -- the GPU path's first failures, rehearsed on the CPU (issue 39) ------------------------------------------
+
+
+def test_out_of_memory_mid_epoch_is_one_line_and_the_run_resumes(cifar_dir, tmp_path, capsys, monkeypatch):
+    """torch.OutOfMemoryError in epoch 2's 6th step (as a GPU raises it): one line naming the batch size and what
+    to try; last.pt keeps epoch 1 whole, and --resume (with room again) finishes the run."""
+    run, real_step, calls = tmp_path / "run", train_mod.Trainer.train_step, [0]
+
+    def train_step(self, *args):
+        calls[0] += 1
+        if calls[0] == STEPS_PER_EPOCH + 6:
+            raise train_mod._OOM("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.15 GiB total capacity)")
+        return real_step(self, *args)
+
+    monkeypatch.setattr(train_mod.Trainer, "train_step", train_step)
+    err = _one_line_error(["train", *_cli_flags(cifar_dir, epochs="3"), "--out", str(run)], capsys)
+    assert (f"out of memory on {checkpoint.device_name(torch.device('cpu'))} at batch size 64, in epoch 2 at step "
+            f"{STEPS_PER_EPOCH + 5}; last.pt holds epoch 1: start again with a smaller --batch-size (e.g. 32)") in err
+    assert f"continue with `c100 train --resume {run}`" in err
+    assert _readable(run) == {"last.pt": 1, "best.pt": 1} and _temps(run) == []
+    monkeypatch.setattr(train_mod.Trainer, "train_step", real_step)
+    _resume_here(run)
+    assert checkpoint.load(run / "last.pt")["finished"] and checkpoint.load(run / "last.pt")["epoch"] == 3
+
+
+def test_cpu_allocator_failure_is_out_of_memory_too():
+    assert train_mod.is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: "
+                                                   "can't allocate memory: you tried to allocate 68719476736 bytes"))
+    assert train_mod.is_out_of_memory(train_mod._OOM("CUDA out of memory"))
+    assert not train_mod.is_out_of_memory(RuntimeError("shapes cannot be multiplied"))
+
+
+def test_compile_failure_falls_back_to_eager_with_a_warning(cifar_dir, tmp_path, capsys, monkeypatch):
+    """A compiler that fails at the first compiled step (no C++ compiler, an inductor bug): the run warns once and
+    trains in eager mode, to the very weights of a run that never asked to compile."""
+    eager = train(tiny_cfg(cifar_dir, epochs="2"), tmp_path / "eager", log=lambda *_: None)
+
+    def broken_compile(module, **kw):
+        def compiled(*args):
+            raise RuntimeError("InductorError: CppCompileError: C++ compile error\nno compiler found")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    fell_back = train(tiny_cfg(cifar_dir, epochs="2", compile=True), tmp_path / "run", log=lambda *_: None)
+    err = capsys.readouterr().err
+    assert ("c100: warning: torch.compile failed (RuntimeError: InductorError: CppCompileError: C++ compile error); "
+            "training in eager mode") in err and err.count("torch.compile failed") == 1
+    assert fell_back.forward is fell_back.ddp and fell_back.gemm_grad
+    assert fell_back.model.training is True and len(fell_back.history) == 2
+    for k, v in eager.model.state_dict().items():
+        assert torch.equal(v, fell_back.model.state_dict()[k]), k
+
+
 # -- 4. full disks and unwritable places -------------------------------------------------------------------
 
 
@@ -552,7 +619,7 @@ def test_out_that_cannot_be_a_folder(cifar_dir, tmp_path, capsys, monkeypatch):
     err = _one_line_error(["train", *flags, "--out", str(file)], capsys)
     assert f"--out {file} is a file, not a folder" in err
     assert file.read_text() == "x"
-    monkeypatch.setattr(train_mod.os, "access", lambda *a: False)  # root writes anywhere: pretend read-only
+    monkeypatch.setattr(lock.os, "access", lambda *a: False)  # root writes anywhere: pretend read-only
     err = _one_line_error(["train", *flags, "--out", str(tmp_path / "ro" / "run")], capsys)
     assert f"{tmp_path} is not writable" in err and not (tmp_path / "ro").exists()
 

@@ -118,7 +118,9 @@ def test_small_map_gemm_conv_matches_conv2d(monkeypatch, kernel, stride, padding
     conv = torch.nn.Conv2d(5, 7, kernel, stride, padding, bias=bias)
     conv.load_state_dict(ref.state_dict())
     x = torch.randn(3, 5, px, px)
-    x = x.contiguous(memory_format=torch.channels_last) if nhwc else x
+    if nhwc:  # the input and the weights, as the trainer lays them out
+        x = x.contiguous(memory_format=torch.channels_last)
+        ref, conv = ref.to(memory_format=torch.channels_last), conv.to(memory_format=torch.channels_last)
     g = torch.randn_like(ref(x))
     expected = _conv_step(ref, x, g, precision)
     with cpu_conv.small_map_gemm():
@@ -129,6 +131,8 @@ def test_small_map_gemm_conv_matches_conv2d(monkeypatch, kernel, stride, padding
         if b is not None:
             assert a.dtype == b.dtype, name
             torch.testing.assert_close(a, b, **tol, msg=name)
+    # the weight's exact strides (a 1x1 weight's size-1 dims too), which DDP's gradient buckets share
+    assert conv.weight.grad.stride() == conv.weight.stride()
     out_px = g.shape[2] * g.shape[3]
     assert bool(calls) == (out_px <= cpu_conv.MAX_GEMM_PIXELS)
 

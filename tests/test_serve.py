@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -232,6 +233,110 @@ def test_client_vanishing_mid_upload_leaves_the_server_well(strict):
             s.sendall(_request(b"Content-Length: 900\r\n", b"x" * 100))
     got, _, _ = _exchange(strict[1], [b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"])
     assert _answers(got) == [(200, {"ok": True})]
+
+
+# --- load is shed, not users (issue 39): hundreds of idle and stalled sockets -------------------------
+
+
+def _post_full(url: str, body: bytes) -> tuple[int, dict, dict, float]:
+    """(status, JSON, headers, seconds) of one upload."""
+    t0 = time.monotonic()
+    req = urllib.request.Request(url + "/api/predict", data=body, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read()), {k.lower(): v for k, v in r.headers.items()}, time.monotonic() - t0
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read()), {k.lower(): v for k, v in e.headers.items()}, time.monotonic() - t0
+
+
+def _health(url: str) -> float:
+    t0 = time.monotonic()
+    with urllib.request.urlopen(url + "/health", timeout=10) as r:
+        assert json.loads(r.read()) == {"ok": True}
+    return time.monotonic() - t0
+
+
+def _sockets(address, n: int, first: bytes = b"") -> list[socket.socket]:
+    out = []
+    for _ in range(n):
+        s = socket.create_connection(address, timeout=5)
+        if first:
+            s.sendall(first)
+        out.append(s)
+    return out
+
+
+def _until(condition, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_hundreds_of_idle_and_stalled_sockets_leave_the_demo_up(predictor):
+    """300 sockets: 150 silent, 50 sending a head that never ends, 100 stalled part-way through an upload. The
+    page and /health answer at once and uploads are classified (with a cap on connections, 64 of them shut the
+    demo for everyone until their deadlines cut them); the stalled uploads hold only the bytes they sent."""
+    app = create_app(predictor, max_bytes=200_000)
+    srv, url = serve_in_thread(app, head_timeout=30, keep_alive=30)
+    address = ("127.0.0.1", int(url.rsplit(":", 1)[1]))
+    held = (_sockets(address, 150) + _sockets(address, 50, b"POST /api/predict HTTP/1.1\r\nX-Slow: a\r\n")
+            + _sockets(address, 100, _request(b"Content-Length: 5000\r\n", b"x" * 100)))
+    try:
+        _until(lambda: app.state.load.bytes == 100 * 100)  # every stalled upload is being read
+        assert max(_health(url) for _ in range(5)) < 1.0
+        with urllib.request.urlopen(url + "/", timeout=10) as r:
+            assert r.status == 200 and "Drop an image here" in r.read().decode()
+        for seed in range(6):
+            status, out, _, took = _post_full(url, _png(seed))
+            assert status == 200 and len(out["top"]) == 5 and took < 5.0
+        assert app.state.load.shed == 0
+    finally:
+        for s in held:
+            s.close()
+        srv.shutdown()
+
+
+class _Gated:
+    """A model that answers only once its gate opens: requests pile up waiting for it."""
+
+    def __init__(self, predictor):
+        self.predictor, self.gate = predictor, threading.Event()
+
+    def predict(self, images, k=5):
+        assert self.gate.wait(30)
+        return self.predictor.predict(images, k)
+
+
+def test_past_its_bounds_an_upload_gets_503_and_retry_after_at_once(predictor):
+    model = _Gated(predictor)
+    app = create_app(model, max_bytes=5000, body_budget=3000, max_waiting=2, max_batch=1)
+    srv, url = serve_in_thread(app, head_timeout=30, keep_alive=30)
+    address, image = ("127.0.0.1", int(url.rsplit(":", 1)[1])), _png(0, size=16)
+    assert len(image) < 1000
+    try:
+        # bytes in memory: two stalled uploads hold 2 x 1,400 of the 3,000 bytes; the next upload is shed
+        stalled = _sockets(address, 2, _request(b"Content-Length: 4000\r\n", b"x" * 1400))
+        _until(lambda: app.state.load.bytes == 2800)
+        status, out, headers, took = _post_full(url, image)
+        assert (status, headers.get("retry-after")) == (503, "1") and "too many uploads in progress" in out["error"]
+        assert took < 2.0 and _health(url) < 1.0
+        for s in stalled:
+            s.close()
+        _until(lambda: app.state.load.bytes == 0)  # a client that left gives its bytes back
+        # requests waiting for the model: two fill the queue, the third is shed, the two are answered
+        with ThreadPoolExecutor(2) as pool:
+            waiting = [pool.submit(_post_full, url, image) for _ in range(2)]
+            _until(lambda: app.state.load.waiting == 2)
+            status, out, headers, took = _post_full(url, image)
+            assert (status, headers.get("retry-after")) == (503, "1") and took < 2.0
+            assert "too many images waiting for the model" in out["error"] and _health(url) < 1.0
+            model.gate.set()
+            assert [f.result(timeout=30)[0] for f in waiting] == [200, 200]
+        assert app.state.load.shed == 2 and app.state.load.waiting == 0
+    finally:
+        model.gate.set()
+        srv.shutdown()
 
 
 # --- the page, the warning, the port ---------------------------------------------------------------

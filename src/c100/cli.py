@@ -12,13 +12,14 @@ from c100 import UserError, __version__
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from c100 import config, distributed, train
+    from c100 import config, distributed, lock, train
 
     flags = {name: getattr(args, name) for name in config.FIELDS}
     if args.resume:
-        cfg, state = train.resume_point(args.resume, flags)
-        train.setup_process(cfg)
-        train.resume_from(args.resume, cfg, state)
+        with lock.hold_run(Path(args.resume)):  # one writer, from before last.pt is read
+            cfg, state = train.resume_point(args.resume, flags)
+            train.setup_process(cfg)
+            train.resume_from(args.resume, cfg, state)
     else:
         cfg = config.resolve(args.preset, args.config, flags)
         out = args.out or os.path.join("runs", args.preset or "custom")
@@ -91,13 +92,30 @@ def out_folder(source: str) -> Path:
     return p.parent if p.suffix == ".pt" else Path(".")
 
 
+def writing_into(path: Path | str):
+    """The lock of the run folder that `path` is, or lies directly in, while a command writes there: what it
+    writes would describe a model still being trained, beside it; or nothing, outside a run folder."""
+    import contextlib
+
+    from c100 import lock
+
+    path = Path(path)
+    run = next((p for p in (path, path.parent) if (p / "config.yaml").is_file()), None)
+    if run is None:
+        return contextlib.nullcontext()
+    return lock.hold_folder(run, f"run {run} is still being written by another process (training?); wait for it "
+                                 f"to end, or write elsewhere with --out where the command has it")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
     from c100.evaluate import evaluate, format_table
 
     source, which = model_choice(args)
-    r = evaluate(source, args.split, which, args.tta, args.data_dir, args.device, args.backend, images=args.images)
+    with writing_into(out_folder(source)):  # eval-SPLIT-WHICH.json and the logits, beside a run's checkpoint
+        r = evaluate(source, args.split, which, args.tta, args.data_dir, args.device, args.backend,
+                     images=args.images)
     if args.json:
         print(json.dumps(r, indent=2))
     else:
@@ -120,7 +138,9 @@ def warn_skipped(result: dict) -> None:
 def cmd_plot(args: argparse.Namespace) -> int:
     from c100.plots import plot_curves
 
-    for path in plot_curves(args.run, args.out):
+    with writing_into(args.out or Path(args.run) / "curves"):
+        paths = plot_curves(args.run, args.out)
+    for path in paths:
         print(path)
     return 0
 
@@ -177,11 +197,13 @@ def cmd_mosaic(args: argparse.Namespace) -> int:
     from c100.mosaic import draw_mosaic, parse_classes, save_png
 
     source, which = model_choice(args)
-    p = load_predictions(source, args.split, which, args.data_dir, args.device, args.images)
-    warn_skipped(p.result)
-    img = draw_mosaic(p, parse_classes(args.classes, p.meta.fine_names), args.per_row, args.scale)
     out = Path(args.out) if args.out else out_folder(source) / f"mosaic-{picture_name(args)}.png"
-    print(f"{save_png(img, out)}  ({img.width}x{img.height} px, {out.stat().st_size / 1e3:.0f} kB)")
+    with writing_into(out):
+        p = load_predictions(source, args.split, which, args.data_dir, args.device, args.images)
+        warn_skipped(p.result)
+        img = draw_mosaic(p, parse_classes(args.classes, p.meta.fine_names), args.per_row, args.scale)
+        save_png(img, out)
+    print(f"{out}  ({img.width}x{img.height} px, {out.stat().st_size / 1e3:.0f} kB)")
     return 0
 
 
@@ -195,10 +217,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from c100.evaluate import load_predictions
 
     source, which = model_choice(args)
-    p = load_predictions(source, args.split, which, args.data_dir, args.device, args.images)
-    warn_skipped(p.result)
     out = Path(args.out) if args.out else out_folder(source) / f"analysis-{picture_name(args)}"
-    s = analyze(p, out)
+    with writing_into(out):
+        p = load_predictions(source, args.split, which, args.data_dir, args.device, args.images)
+        warn_skipped(p.result)
+        s = analyze(p, out)
     print(f"{args.images or args.split}: top-1 {s['top1']:.2%}, expected calibration error {s['ece']:.2%}")
     print(pairs_markdown(s["confused_pairs"][:10]))
     print(f"pictures in {out}/: " + ", ".join(s["files"].values()))
@@ -209,7 +232,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from c100.report import build_report
 
     source, which = model_choice(args)
-    for path in build_report(source, args.split, which, args.data_dir, args.device, args.images):
+    with writing_into(source):
+        paths = build_report(source, args.split, which, args.data_dir, args.device, args.images)
+    for path in paths:
         print(path)
     return 0
 
@@ -218,7 +243,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from c100.export import export
 
     source, which = model_choice(args)
-    path, side = export(source, args.format, which, args.out, args.half)
+    with writing_into(args.out or out_folder(source)):
+        path, side = export(source, args.format, which, args.out, args.half)
     print(f"{path}  ({path.stat().st_size / 1e6:.1f} MB)\n{side}")
     return 0
 
@@ -237,7 +263,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from c100.quantize import quantize
 
     source, which = model_choice(args)
-    quantize(source, args.data_dir, which, args.calibration_images)
+    with writing_into(out_folder(source)):  # measuring the backends writes the run's eval-test-*.json
+        quantize(source, args.data_dir, which, args.calibration_images)
     return 0
 
 

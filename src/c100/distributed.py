@@ -9,6 +9,7 @@ See docs/distributed.md for the command lines and the design.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import gc
 import os
 
@@ -19,6 +20,10 @@ import torch.nn as nn
 from c100 import UserError
 
 _clock_group = None  # a gloo group for CPU scalars (the training clock) when the main group is NCCL
+TIMEOUT_ENV = "C100_DIST_TIMEOUT"
+# s a process waits in a collective for the others before giving up (torch's default for gloo): rank 0 may
+# download the data set (169 MB) while the others wait at a barrier
+DEFAULT_TIMEOUT_S = 1800.0
 
 
 def launched() -> bool:
@@ -74,9 +79,41 @@ def setup(device: torch.device) -> torch.device:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         nccl = device.type == "cuda"
-        dist.init_process_group("nccl" if nccl else "gloo", device_id=device if nccl else None)
-        _clock_group = dist.new_group(backend="gloo") if nccl else None
+        # the timeout turns a process that hangs (rather than dies, which torchrun notices) into an error on
+        # the others: gloo raises it in the collective (bounded_waits), NCCL's watchdog aborts the process
+        timeout = datetime.timedelta(seconds=timeout_s())
+        dist.init_process_group("nccl" if nccl else "gloo", device_id=device if nccl else None, timeout=timeout)
+        _clock_group = dist.new_group(backend="gloo", timeout=timeout) if nccl else None
     return device
+
+
+def timeout_s() -> float:
+    """Seconds a collective waits for the other processes: $C100_DIST_TIMEOUT, else DEFAULT_TIMEOUT_S."""
+    value = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not value:
+        return DEFAULT_TIMEOUT_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise UserError(f"{TIMEOUT_ENV}={value!r} is not a number of seconds above 0; e.g. {TIMEOUT_ENV}=600")
+    return seconds
+
+
+@contextlib.contextmanager
+def bounded_waits():
+    """A collective that timed out becomes one line: another process hangs (it did not die, or torchrun
+    would have stopped this one), and this one gave up waiting for it."""
+    try:
+        yield
+    except RuntimeError as e:
+        if not (dist.is_initialized() and "timed out" in str(e).lower()):
+            raise
+        raise UserError(f"rank {rank()} waited {timeout_s():g} s for the other processes and gave up: one of them "
+                        f"hangs (stuck in a data read, a device or a deadlock; its own output says where) or is "
+                        f"gone; the last checkpoint is whole: `--resume` continues the run; where a step really "
+                        f"takes longer, set {TIMEOUT_ENV} (seconds)") from None
 
 
 def cleanup() -> None:

@@ -29,13 +29,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from c100 import UserError, checkpoint, data
+from c100 import UserError, checkpoint, data, lock
 from c100.device import cpu_has_native_bf16
 
 BACKENDS = ("torch", "torch-bf16", "onnx", "int8", "openvino", "openvino-int8")
 TOLERANCE = 0.005  # auto takes a faster backend only within 0.5 points of torch fp32's validation top-1
 CALIBRATION_IMAGES = 1000
 METHOD = "minmax"  # activation ranges from the calibration images (see benchmarks/int8_calibration.py)
+LOCK_WAIT = 600.0  # s a process waits for another deriving the same ONNX file (an export takes seconds)
 VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}  # int8 dot products without 16-bit overflow: 8-bit weights
 
 
@@ -73,8 +74,22 @@ def onnx_fp32(path: Path) -> Path:
     if not out.is_file():
         from c100.export import export
 
-        export(path, "onnx", out=out)
+        with writing(out, wait=LOCK_WAIT):
+            if not out.is_file():  # written by the process this one waited for
+                export(path, "onnx", out=out)
     return out
+
+
+def writing(entry: Path, wait: float = 0.0):
+    """The lock of one cache entry while it is derived: one writer, as in a run folder. A second process
+    waits up to `wait` seconds for the first (then finds the file made), or is refused, naming its pid."""
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot write {entry}: {checkpoint.os_reason(e)}; set C100_CACHE to a writable "
+                        f"folder") from None
+    return lock.hold(entry.with_name(f".{entry.name}.lock"), f"{entry} is being written by another c100; wait "
+                                                              f"for it to finish", wait)
 
 
 def backend_file(path: Path, backend: str) -> tuple[Path, str]:
@@ -169,6 +184,11 @@ def quantize(source: str | Path, data_dir: str | None = None, which: str = "last
     if path.suffix == ".onnx":
         raise UserError(f"quantize the model {path.name} was exported from (its run or .safetensors), not the "
                         f"ONNX graph")
+    with writing(cached(path, "int8")):  # two `c100 quantize` of one model: the second stops at once
+        return _quantize(model, path, data_dir, images, log)
+
+
+def _quantize(model, path: Path, data_dir: str | None, images: int, log) -> tuple[Path, dict]:
     fp32 = onnx_fp32(path)
     x = calibration_images(model, data_dir, images)
     batches = calibration_batches(model, x)

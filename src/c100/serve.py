@@ -13,6 +13,10 @@ What the parser leaves to us, and why each limit exists:
   client that connects and sends nothing (or headers a byte at a time) is never cut;
 - decoding runs in worker threads and the model in the micro-batcher's thread (batching.py: requests
   that arrive together share one forward pass), so a slow image never stalls the event loop.
+Load is shed, not users: what is bounded is what costs memory and CPU (the bytes of bodies held in memory,
+and requests decoded or waiting for the model), not connections. An idle or stalled connection costs a
+coroutine and the few bytes it sent, and its deadline cuts it; the page and /health never queue behind
+uploads; an upload past a bound is answered 503 with Retry-After at once, never left hanging.
 """
 
 from __future__ import annotations
@@ -44,7 +48,12 @@ from c100.predict import decode_image
 HEAD_TIMEOUT = 10.0  # s for the request line and headers: browsers send them in one packet
 BODY_TIMEOUT = 30.0  # s for the whole upload: 10 MB in 30 s needs ~2.7 Mbit/s
 KEEP_ALIVE = 5.0  # s an idle keep-alive connection is kept (uvicorn's default)
-MAX_CONNECTIONS = 64  # past this uvicorn answers 503: bounds memory at ~64 bodies in flight
+BODY_BUDGET = 16  # uploads' bytes held in memory at once, in --max-upload-mb's (160 MB by default)
+MAX_WAITING = 128  # uploads decoded or waiting for the model at once: 4 batches of 32 queued at most
+RETRY_AFTER = 1  # s a shed upload is told to wait: a batch takes ~10-100 ms on a CPU
+# Past this uvicorn answers 503 to every request: only the file descriptors bound it now. Idle sockets are
+# cut by the head deadline, so holding this many open means opening ~100 a second, every second.
+MAX_CONNECTIONS = 1000
 
 
 def gallery(data_dir: str | None, n: int = 24, seed: int = 0) -> list[dict]:
@@ -97,13 +106,46 @@ def _error(status: int, message: str, close: bool = False) -> JSONResponse:
     return JSONResponse({"error": line}, status, headers={"connection": "close"} if close else None)
 
 
+class Load:
+    """What uploads hold at once: body bytes in memory and requests decoded or waiting for the model. Only
+    the event loop's thread changes it, so plain counters do."""
+
+    def __init__(self, max_bytes: int, max_waiting: int):
+        self.max_bytes, self.max_waiting = max_bytes, max_waiting
+        self.bytes = self.waiting = 0
+        self.shed = 0  # uploads answered 503
+
+    def take_bytes(self, n: int) -> bool:
+        if self.bytes + n > self.max_bytes:
+            return False
+        self.bytes += n
+        return True
+
+    def take_waiting(self) -> bool:
+        if self.waiting >= self.max_waiting:
+            return False
+        self.waiting += 1
+        return True
+
+
+def _busy(load: Load, what: str) -> JSONResponse:
+    load.shed += 1
+    response = _error(503, f"busy: {what}; try again in {RETRY_AFTER} s", close=True)
+    response.headers["retry-after"] = str(RETRY_AFTER)
+    return response
+
+
 def create_app(predictor, max_bytes: int = 10 << 20, gallery_items: list[dict] | None = None, *,
-               body_timeout: float = BODY_TIMEOUT, max_batch: int = 32) -> Starlette:
+               body_timeout: float = BODY_TIMEOUT, max_batch: int = 32, body_budget: int | None = None,
+               max_waiting: int = MAX_WAITING) -> Starlette:
     """The ASGI app: GET / (the page), GET /health, POST /api/predict (raw image bytes as the body; with
     ?explain=1 the answer also carries "map", a PNG data URI of the image under the Grad-CAM heat map of its
-    first class, which the page shows beside the answer)."""
+    first class, which the page shows beside the answer). body_budget: the bytes of uploads held at once
+    (default BODY_BUDGET x max_bytes); max_waiting: the uploads decoded or waiting for the model at once.
+    Past either, an upload gets 503 and Retry-After."""
     page = render_page(max_bytes, gallery_items)
     limit_mb = f"{max_bytes / (1 << 20):g}"
+    load = Load(body_budget or BODY_BUDGET * max_bytes, max_waiting)
 
     def too_large(size: int) -> JSONResponse:
         return _error(413, f"file too large: {size / (1 << 20):.1f} MB, the limit is {limit_mb} MB", close=True)
@@ -111,7 +153,7 @@ def create_app(predictor, max_bytes: int = 10 << 20, gallery_items: list[dict] |
     # requests that arrive together share one forward pass (batching.py); decoding stays per request
     batcher = MicroBatcher(predictor, k=5, max_batch=max_batch)
 
-    async def predict_bytes(raw: bytes, explain: bool = False) -> dict:
+    async def predict_bytes(raw: bytes | bytearray, explain: bool = False) -> dict:
         array = await run_in_threadpool(decode_image, io.BytesIO(raw))  # ValueError: a one-line reason
         out = {"top": await asyncio.wrap_future(batcher.submit(array))}
         if explain and hasattr(predictor, "explain"):  # outside the batcher: a backward pass per image
@@ -141,23 +183,31 @@ def create_app(predictor, max_bytes: int = 10 << 20, gallery_items: list[dict] |
             if int(declared) == 0:
                 return _error(400, "empty file")
         body = bytearray()
-        try:
+        try:  # the bytes as they arrive: a stalled upload holds only what it sent
             with anyio.fail_after(body_timeout):
                 async for chunk in request.stream():
+                    if not load.take_bytes(len(chunk)):
+                        return _busy(load, "too many uploads in progress")
                     body += chunk
                     if len(body) > max_bytes:  # chunked, or more than declared: stop at max_bytes + 1
                         return too_large(len(body))
+            if not body:
+                return _error(400, "empty file")
+            if not load.take_waiting():
+                return _busy(load, "too many images waiting for the model")
+            try:
+                explain = request.query_params.get("explain", "") in ("1", "true")
+                return JSONResponse(await predict_bytes(body, explain))
+            except ValueError as e:
+                return _error(400, str(e))
+            finally:
+                load.waiting -= 1
         except TimeoutError:
             return _error(408, f"upload too slow: the body did not arrive within {body_timeout:g} s", close=True)
         except ClientDisconnect:
             return Response(status_code=400)  # nobody is left to read an answer
-        if not body:
-            return _error(400, "empty file")
-        try:
-            explain = request.query_params.get("explain", "") in ("1", "true")
-            return JSONResponse(await predict_bytes(bytes(body), explain))
-        except ValueError as e:
-            return _error(400, str(e))
+        finally:
+            load.bytes -= len(body)
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
         return _error(exc.status_code, exc.detail)  # 404, 405 as JSON like every other answer
@@ -169,6 +219,7 @@ def create_app(predictor, max_bytes: int = 10 << 20, gallery_items: list[dict] |
               Route("/api/predict", predict, methods=["POST"])]
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error})
     app.state.batcher = batcher  # its counters tell how well requests were batched
+    app.state.load = load  # what uploads hold now, and how many were shed
     return app
 
 
@@ -216,6 +267,19 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _allow_connections(n: int) -> None:
+    """Raise this process's open-file limit to n where it is lower (1024 is a common default) and the hard
+    limit allows: each connection is a file descriptor, and running out makes accept() fail."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < n:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (n if hard == resource.RLIM_INFINITY else min(n, hard), hard))
+    except (ImportError, ValueError, OSError):  # Windows, or a limit this process may not change
+        pass
+
+
 def _server(app, head_timeout: float = HEAD_TIMEOUT, keep_alive: float = KEEP_ALIVE):
     import h11
     import uvicorn
@@ -261,6 +325,7 @@ def serve(predictor, host: str = "127.0.0.1", port: int = 8000, max_bytes: int =
           gallery_items: list[dict] | None = None) -> None:
     """Serve until Ctrl-C. Raises c100.UserError when the address cannot be bound."""
     sock = _listen(host, port)
+    _allow_connections(MAX_CONNECTIONS + 100)
     server = _server(create_app(predictor, max_bytes, gallery_items))
     warn_if_exposed(host)
     print(f"serving on {_url(host, sock.getsockname()[1])}  (Ctrl-C stops)", flush=True)

@@ -14,7 +14,6 @@ import csv
 import dataclasses
 import io
 import itertools
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from c100 import UserError, augment, checkpoint, data, distributed
+from c100 import UserError, augment, checkpoint, data, distributed, lock
 from c100.augment import AugmentSpec, Normalize, epoch_generator, resize, steps_per_epoch
 from c100.config import TrainConfig, apply, from_dict, read_yaml, save_yaml
 from c100.device import autocast, resolve_precision, select_device
@@ -48,6 +47,18 @@ FINITE_CHECK_EVERY = 50
 
 class Diverged(UserError):
     """The loss or the weights became NaN or infinite: training stopped before saving anything after it."""
+
+
+class OutOfMemory(UserError):
+    """The device ran out of memory: training stopped; the last checkpoint is whole."""
+
+
+_OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch.OutOfMemoryError since 2.5
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """A GPU's out-of-memory error, or the CPU allocator's."""
+    return isinstance(e, _OOM) or (isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
 
 
 @dataclass
@@ -385,24 +396,49 @@ class Trainer:
 
     def warm_up(self) -> float:
         """Compile (and record CUDA graphs) before the clock starts: three steps at every training
-        resolution with lr 0, then every state is put back. Returns the seconds it took."""
+        resolution with lr 0, then every state is put back. A compilation that fails falls back to eager
+        mode with a warning (the run trains the same, slower). Returns the seconds it took."""
         t0 = time.perf_counter()
         saved_model = copy.deepcopy(self.model.state_dict())
         saved_opt = copy.deepcopy(self.optimizer.state_dict())
         for g in self.optimizer.param_groups:
             g["lr"] = 0.0
         batches = self.warm_up_batches()
-        for res in sorted({int(r) for r in self.cfg.resolutions} or {32}):
-            for _ in range(3):
-                x, y = next(batches)
-                self.train_step(resize(x, res), y)
-        self.model.load_state_dict(saved_model)
-        self.optimizer.load_state_dict(saved_opt)
+        try:
+            for res in sorted({int(r) for r in self.cfg.resolutions} or {32}):
+                for _ in range(3):
+                    x, y = next(batches)
+                    self.train_step(resize(x, res), y)
+        except Exception as e:  # noqa: BLE001 - whatever the compiler raised; eager mode shows a real bug anew
+            if is_out_of_memory(e) or self.forward is self.ddp:
+                raise
+            self.run_eager(e)
+        finally:
+            self.model.load_state_dict(saved_model)
+            self.optimizer.load_state_dict(saved_opt)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - t0
         self.compile_s += seconds
         return seconds
+
+    def run_eager(self, error: Exception) -> None:
+        """Train without torch.compile from here on (a compiler missing or failing on this machine)."""
+        self.forward, self.gemm_grad = self.ddp, self.device.type == "cpu"
+        if distributed.is_main():
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+            print(f"c100: warning: torch.compile failed ({type(error).__name__}: {reason}); training in eager "
+                  f"mode (the same run, slower); --no-compile skips the attempt", file=sys.stderr, flush=True)
+
+    def out_of_memory(self) -> OutOfMemory:
+        """The one line for a device that ran out of memory: where, at which batch size, and what to try."""
+        cfg, kept = self.cfg, (f"last.pt holds epoch {self.epoch}" if self.epoch else "no checkpoint was written")
+        per = f" ({cfg.batch_size // self.world} per process)" if self.world > 1 else ""
+        return OutOfMemory(f"out of memory on {checkpoint.device_name(self.device)} at batch size {cfg.batch_size}"
+                           f"{per}, in epoch {self.epoch + 1} at step {self.step}; {kept}: start again with a smaller "
+                           f"--batch-size (e.g. {max(1, cfg.batch_size // 2)}), or free the device's memory (other "
+                           f"processes on it) or spread the batch over more processes (torchrun --nproc-per-node N) "
+                           f"and continue with `c100 train --resume {self.run_dir}`")
 
     def train_one_epoch(self) -> dict:
         cfg, dev = self.cfg, self.device
@@ -515,21 +551,6 @@ def format_row(r: dict) -> str:
             f"{val}  {r['epoch_s']:.1f}s  {r['images_per_s']:.0f} img/s{res}")
 
 
-def _check_fresh(run_dir: Path) -> None:
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"--out {run_dir} is a file, not a folder; pass another --out")
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise UserError(f"run folder {run_dir} already exists and is not empty; pass another --out, or "
-                        f"--resume {run_dir} to continue it")
-    # before the data is loaded: the nearest folder that exists must take the run's files
-    here = next(p for p in (run_dir, *run_dir.absolute().parents) if p.exists())
-    if not here.is_dir():
-        raise UserError(f"cannot create run folder {run_dir}: {here} is a file, not a folder; pass another --out")
-    if not os.access(here, os.W_OK | os.X_OK):
-        raise UserError(f"cannot create run folder {run_dir}: {here} is not writable (read-only or no "
-                        f"permission); pass another --out")
-
-
 def build_trainer(cfg: TrainConfig, run_dir: Path | str, log=print, on_epoch=None, init: bool = True) -> Trainer:
     """A Trainer with its parts made from `cfg`: device, data on the device, model (see build_model's
     `init`), optimizer."""
@@ -541,31 +562,36 @@ def build_trainer(cfg: TrainConfig, run_dir: Path | str, log=print, on_epoch=Non
 
 
 def train(cfg: TrainConfig, run_dir: Path | str, log=print, on_epoch=None) -> Trainer:
-    """Train a new run into `run_dir` (which must not hold anything yet)."""
+    """Train a new run into `run_dir` (which must not hold anything yet), its only writer while it runs."""
     run_dir = Path(run_dir)
-    _check_fresh(run_dir)
-    trainer = build_trainer(cfg, run_dir, log, on_epoch)  # loads data first: a bad data dir leaves no folder
-    if distributed.is_main():  # every process has checked the folder (loading the data waits at a barrier)
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"cannot create run folder {run_dir}: {checkpoint.os_reason(e)}; pass another "
-                            f"--out") from None
-        save_yaml(trainer.cfg.to_dict(), run_dir / "config.yaml")
-        env = dict(checkpoint.environment(trainer.device), processes=trainer.world)
-        checkpoint.atomic_write_json(run_dir / "env.json", env)
-    length = f"{cfg.time_budget:g} s (at most {cfg.epochs} epochs)" if cfg.time_budget else f"{cfg.epochs} epochs"
-    where = checkpoint.device_name(trainer.device) + (f" x {trainer.world} processes" if trainer.world > 1 else "")
-    lr = f", peak lr {peak_lr(cfg):g} (scaled from {cfg.lr:g} at batch {cfg.lr_ref_batch})" if cfg.lr_ref_batch else ""
-    trainer.log(f"training {cfg.model} for {length} on {where}{lr} -> {run_dir}")
-    _warm_up(trainer)
-    trainer.fit()
+    with lock.claim_run(run_dir):
+        trainer = build_trainer(cfg, run_dir, log, on_epoch)  # loads data first: a bad data dir leaves no folder
+        if distributed.is_main():
+            save_yaml(trainer.cfg.to_dict(), run_dir / "config.yaml")
+            env = dict(checkpoint.environment(trainer.device), processes=trainer.world)
+            checkpoint.atomic_write_json(run_dir / "env.json", env)
+        length = f"{cfg.time_budget:g} s (at most {cfg.epochs} epochs)" if cfg.time_budget else f"{cfg.epochs} epochs"
+        where = checkpoint.device_name(trainer.device) + (f" x {trainer.world} processes" if trainer.world > 1 else "")
+        lr = (f", peak lr {peak_lr(cfg):g} (scaled from {cfg.lr:g} at batch {cfg.lr_ref_batch})"
+              if cfg.lr_ref_batch else "")
+        trainer.log(f"training {cfg.model} for {length} on {where}{lr} -> {run_dir}")
+        _run(trainer)
     return trainer
 
 
-def _warm_up(trainer: Trainer) -> None:
-    if trainer.cfg.compile:
-        trainer.log(f"compiled and warmed up in {trainer.warm_up():.1f} s (one-time cost, not in the training clock)")
+def _run(trainer: Trainer) -> None:
+    """Warm up (compile) and train; a device out of memory or a process that hangs ends it in one line."""
+    with distributed.bounded_waits():
+        try:
+            if trainer.cfg.compile:
+                seconds = trainer.warm_up()
+                if trainer.forward is not trainer.ddp:
+                    trainer.log(f"compiled and warmed up in {seconds:.1f} s (one-time cost, not in the training clock)")
+            trainer.fit()
+        except Exception as e:
+            if not is_out_of_memory(e):
+                raise
+            raise trainer.out_of_memory() from None
 
 
 # where to run and what to log, not what to train
@@ -610,12 +636,19 @@ def resume_point(run_dir: Path | str, overrides: dict | None = None) -> tuple[Tr
 def resume(run_dir: Path | str, overrides: dict | None = None, log=print) -> Trainer:
     """Continue a run from its last.pt: it ends with the weights a straight run would have (unless --lr
     changed, which the run then records: `resumes` in its checkpoints, a comment in its config.yaml)."""
-    return resume_from(run_dir, *resume_point(run_dir, overrides), log=log)
+    with lock.hold_run(Path(run_dir)):  # before reading last.pt: a live run may be about to replace it
+        return resume_from(run_dir, *resume_point(run_dir, overrides), log=log)
 
 
 def resume_from(run_dir: Path | str, cfg: TrainConfig, state: dict | None, log=print) -> Trainer:
-    """resume() from what resume_point() read (the CLI reads it once, to set the process up first)."""
+    """resume() from what resume_point() read (the CLI reads it once, to set the process up first), holding
+    the run's lock, which the caller should already hold while it reads."""
     run_dir = Path(run_dir)
+    with lock.hold_run(run_dir):
+        return _resume(run_dir, cfg, state, log)
+
+
+def _resume(run_dir: Path, cfg: TrainConfig, state: dict | None, log) -> Trainer:
     trainer = build_trainer(cfg, run_dir, log, init=state is None)  # a checkpoint holds the weights
     if distributed.is_main():  # the only writer of the folder
         for p in checkpoint.remove_stale_temps(run_dir):
@@ -635,8 +668,7 @@ def resume_from(run_dir: Path | str, cfg: TrainConfig, state: dict | None, log=p
     if changed and distributed.is_main():
         _record_changes(trainer)
     trainer.log(f"resuming {run_dir} at epoch {trainer.epoch}/{cfg.epochs}{note}")
-    _warm_up(trainer)
-    trainer.fit()
+    _run(trainer)
     return trainer
 
 

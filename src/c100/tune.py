@@ -8,7 +8,6 @@ resumes: finished trials count toward --trials, interrupted ones run again from 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import typing
 import warnings
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from c100 import UserError, config
+from c100 import UserError, config, lock
 from c100.checkpoint import atomic_write_text
 
 STUDY_NAME = "c100"  # fixed, so that the same --study-dir always reopens the same study
@@ -193,22 +192,11 @@ def make_pruner(name):
     return pruners[name]()
 
 
-@contextlib.contextmanager
 def lock_study(study_dir: Path):
     """One search per study folder at a time: that is what lets a restart treat every trial left
     RUNNING as killed. The OS drops the lock when the process dies, however it dies."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no lock; do not run two searches on one folder
-        yield
-        return
-    with open(study_dir / "study.lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise UserError(f"another c100 tune is running on {study_dir}; wait for it or pass another "
-                            "--study-dir") from None
-        yield
+    return lock.hold(study_dir / "study.lock", f"another c100 tune is running on {study_dir}; wait for it or "
+                                               f"pass another --study-dir")
 
 
 def open_study(study_dir: Path, space: Space, seed: int, pruner=None):

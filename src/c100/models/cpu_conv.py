@@ -103,10 +103,21 @@ class _GemmConv(torch.autograd.Function):
                                ctx.padding)
         if need_w:
             co, c, kh, kw = weight.shape
-            grad_w = (rows.t() @ cols).view(co, kh, kw, c).permute(0, 3, 1, 2)
+            grad_w = in_layout_of(weight, (rows.t() @ cols).view(co, kh, kw, c).permute(0, 3, 1, 2))
         if need_b and ctx.has_bias:
             grad_b = rows.sum(0)
         return grad_x, grad_w, grad_b, None, None
+
+
+def in_layout_of(weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """`grad` with exactly the strides of `weight` (channels-last or not). Autograd's layout contract ignores
+    the strides of size-1 dimensions, so it would keep a gradient of a 1x1 weight whose size-1 strides
+    differ; DDP's gradient buckets are views with the parameter's exact strides, and a gradient that
+    differs from its bucket view makes DDP warn "Grad strides do not match bucket view strides" and copy
+    it the slow way. For a channels_last weight the GEMM's gradient already has its strides."""
+    if grad.stride() == weight.stride():
+        return grad
+    return torch.empty_like(weight).copy_(grad)
 
 
 class SmallMapGemm(TorchFunctionMode):
