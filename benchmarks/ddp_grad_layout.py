@@ -1,6 +1,6 @@
 """DDP step speed with the small-map GEMM convolutions' weight gradient in the weight's own strides (after
-issue 39) or contiguous (before: DDP warned "Grad strides do not match bucket view strides" and copied the 1x1 shortcut gradients),
-alternating blocks of steps in one torchrun run so that both see the same machine load.
+issue 39) or contiguous (before: DDP warned "Grad strides do not match bucket view strides" and copied the
+1x1 shortcut gradients), alternating blocks of steps in one torchrun run so that both see the same machine load.
 
 The step is c100's CPU step: ResNet18 channels-last at 16 px (GEMM convolutions on the 4x4 and 2x2
 maps), global batch 32 over the processes, gloo, SGD. Prints the median img/s of each and the median of
