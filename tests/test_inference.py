@@ -68,6 +68,10 @@ def test_predict_takes_paths_pil_images_and_arrays(tiny_run, tmp_path):
     assert model.predict(torch.from_numpy(x), k=4) == want
     assert model.predict(paths[1], k=4) == want[1]  # one image: its list alone
     assert model.predict(x[1], k=4) == want[1]
+    # a mixed list, as docs/inference.md shows it: a path, a PIL image, an H x W x 3 array, a tensor
+    mixed = [str(paths[0]), Image.open(paths[1]), x[2].transpose(1, 2, 0)]
+    assert model.predict(mixed, k=4) == want
+    assert model.predict([torch.from_numpy(x[0]), paths[1], x[2]], k=4) == want
     big = Image.fromarray(np.repeat(np.repeat(x[0].transpose(1, 2, 0), 4, 0), 4, 1))  # 128 x 128: centre, downscale
     assert len(model.predict(big)) == 5
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from c100.data import MEAN, STD
@@ -126,26 +125,6 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
-class Resized(nn.Module):
-    """A network that first resizes its input batch as training did: the evaluation side of progressive
-    resizing that ends below 32 px (TrainConfig.eval_size)."""
-
-    def __init__(self, net: nn.Module, size: int):
-        super().__init__()
-        self.net, self.size = net, size
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = resize(x, self.size)
-        if x.is_contiguous(memory_format=torch.channels_last):
-            y = y.contiguous(memory_format=torch.channels_last)  # keep the layout the caller chose
-        return self.net(y)
-
-
-def at_size(net: nn.Module, size: int) -> nn.Module:
-    """The network as it should see 32 px images: itself at 32 px, else wrapped to resize them first."""
-    return net if size == 32 else Resized(net, size)
-
-
 def train_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, spec: AugmentSpec,
                   norm: Normalize, gen: torch.Generator, drop_last: bool = True,
                   flip_mask: torch.Tensor | None = None, rank: int = 0, world: int = 1
@@ -200,9 +179,3 @@ def mix(x: torch.Tensor, plan: MixPlan, i: int) -> tuple[torch.Tensor, float]:
 
 def steps_per_epoch(n: int, batch_size: int, drop_last: bool = True) -> int:
     return n // batch_size if drop_last and n >= batch_size else -(-n // batch_size)
-
-
-def eval_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, norm: Normalize
-                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    for i in range(0, len(labels), batch_size):
-        yield norm(images[i:i + batch_size]), labels[i:i + batch_size]

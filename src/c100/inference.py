@@ -495,8 +495,8 @@ def _is_pil(obj) -> bool:
 
 def as_batch(images) -> torch.Tensor:
     """uint8 N x 3 x 32 x 32 from: a uint8 array or tensor (N x 3 x 32 x 32, N x 32 x 32 x 3, or one
-    image without N), a path, a PIL image, or a list of paths and PIL images (any size: centre square,
-    downscaled as `c100 predict` does)."""
+    image without N), a path, a PIL image, or a list of any of them (paths and PIL images of any size:
+    centre square, downscaled as `c100 predict` does)."""
     from c100.predict import load_image, square_array
 
     if isinstance(images, (str, Path)) or _is_pil(images):
@@ -505,7 +505,10 @@ def as_batch(images) -> torch.Tensor:
         if images and all(isinstance(i, (np.ndarray, torch.Tensor)) for i in images):
             return as_batch(np.stack([np.asarray(i) for i in images]))
         arrays = []
-        for item in images:
+        for item in images:  # a mixed list: each item as it would be alone
+            if isinstance(item, (np.ndarray, torch.Tensor)):
+                arrays.append(as_batch(item)[0].cpu().numpy())
+                continue
             try:
                 arrays.append(load_image(Path(item)) if isinstance(item, (str, Path)) else square_array(item))
             except ValueError as e:
