@@ -207,6 +207,16 @@ def test_chunked_body_over_the_limit_stops_reading(strict):
     assert app.seen - before <= 256 << 10  # of the 2 MB sent: stopped past LIMIT, at one buffer at most
 
 
+def test_one_read_larger_than_the_budget_is_a_413_not_a_503(predictor):
+    """Over the file limit is 413 whatever the load: a single read from the socket larger than the shared
+    byte budget (here 16 x 1,000 bytes) used to be refused as 'busy' before its size was checked."""
+    from starlette.testclient import TestClient
+
+    client = TestClient(create_app(predictor, max_bytes=1000))
+    r = client.post("/api/predict", content=iter([b"y" * 20_000]))  # chunked: one 20 kB message
+    assert r.status_code == 413 and "file too large" in r.json()["error"]
+
+
 @pytest.mark.parametrize("chunks", [
     [],  # connects and says nothing
     [b"POST /api/predict HTTP/1.1\r\n"] + [b"X-Slow: a\r\n"] * 40,  # headers a line at a time, never ending

@@ -186,11 +186,13 @@ def create_app(predictor, max_bytes: int = 10 << 20, gallery_items: list[dict] |
         try:  # the bytes as they arrive: a stalled upload holds only what it sent
             with anyio.fail_after(body_timeout):
                 async for chunk in request.stream():
+                    # over the file limit is 413 whatever the load: checked before the shared budget, which
+                    # one large read from the socket could otherwise exhaust first (a 503 for a 413)
+                    if len(body) + len(chunk) > max_bytes:  # chunked, or more than declared
+                        return too_large(len(body) + len(chunk))
                     if not load.take_bytes(len(chunk)):
                         return _busy(load, "too many uploads in progress")
                     body += chunk
-                    if len(body) > max_bytes:  # chunked, or more than declared: stop at max_bytes + 1
-                        return too_large(len(body))
             if not body:
                 return _error(400, "empty file")
             if not load.take_waiting():
