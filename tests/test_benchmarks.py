@@ -109,7 +109,7 @@ def test_gpu_script_dry_run_on_the_cpu(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, CIFAR100_DATA=str(tmp_path / "data"), PARTS="probe fast best seed", PROBE_BATCHES="16",
                PROBE_ARGS="--steps 2 --rounds 1 --no-check-size", PROBE_COMPILE_BATCH="", FAST_SEEDS="0",
-               BEST_SEEDS="0", RUNS=str(tmp_path / "runs"), OUT=str(out), PYTHON=sys.executable,
+               BEST_SEEDS="0", RUNS=str(tmp_path / "runs"), OUT=str(out), PYTHON=sys.executable, DEADLINE_S="100000",
                EXTRA_SET="time_budget=2 compile=false precision=fp32 val_size=100 check_size=false batch_size=16")
     r = subprocess.run(["bash", "benchmarks/gpu.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -601,7 +601,7 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(cifar_dir, tmp_path,
     err = capsys.readouterr().err
     assert ("c100: warning: torch.compile failed (RuntimeError: InductorError: CppCompileError: C++ compile error); "
             "training in eager mode") in err and err.count("torch.compile failed") == 1
-    assert fell_back.forward is fell_back.ddp and fell_back.gemm_grad
+    assert fell_back.forward is fell_back.ddp and fell_back.gemm_convs
     assert fell_back.model.training is True and len(fell_back.history) == 2
     for k, v in eager.model.state_dict().items():
         assert torch.equal(v, fell_back.model.state_dict()[k]), k

@@ -424,7 +424,7 @@ class Trainer:
 
     def run_eager(self, error: Exception) -> None:
         """Train without torch.compile from here on (a compiler missing or failing on this machine)."""
-        self.forward, self.gemm_grad = self.ddp, self.device.type == "cpu"
+        self.forward, self.gemm_convs = self.ddp, self.device.type == "cpu"
         if distributed.is_main():
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
             print(f"c100: warning: torch.compile failed ({type(error).__name__}: {reason}); training in eager "
