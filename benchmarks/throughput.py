@@ -49,7 +49,8 @@ def bare_round(model, opt, x, y, batch, precision, device, channels_last) -> flo
 def sliced_trainer(args, **flags) -> Trainer:
     """A real Trainer whose "epoch" is args.steps batches of the training split (no validation split)."""
     cfg = resolve("default", None, {"model": args.model, "batch_size": args.batch_size, "data_dir": args.data_dir,
-                                    "precision": args.precision, "device": args.device, "epochs": 1,
+                                    "precision": args.precision, "device": args.device,
+                                    "epochs": 1000,  # a cap: the rounds stay in the warm-up's low lr
                                     "val_size": 0, "check_size": getattr(args, "check_size", True), **flags})
     return slice_epoch(build_trainer(cfg, Path("/nonexistent-unused"), log=lambda *_: None), args.steps)
 

@@ -26,6 +26,9 @@ def test_lr_schedules():
     assert [lr_factor(cfg, s, 100, 10) for s in (49, 50, 74, 75)] == pytest.approx([1, 0.1, 0.1, 0.01])
     cfg = resolve("default", None, {"epochs": "2", "warmup_epochs": "5"})
     assert lr_factor(cfg, 99, 100, 50) < 0.05  # a warm-up longer than the run is capped: it still decays
+    for schedule in ("onecycle", "cosine"):  # past its planned steps the lr stays at zero (a benchmark's extra
+        cfg = resolve("default", None, {"schedule": schedule})  # rounds ran at lr -0.197 and diverged on an H200)
+        assert [lr_factor(cfg, s, 100, 10) for s in (100, 120, 199)] == [0.0, 0.0, 0.0]
 
 
 def test_mixing_applies_inside_its_window_only():

@@ -30,7 +30,8 @@ def lr_factor(cfg: TrainConfig, step: int, total: int, per_epoch: int, progress:
     warm = min(cfg.warmup_epochs * per_epoch, total // 4)  # short runs keep most steps for the decay
     if step < warm:
         return (step + 1) / (warm + 1)
-    p = (step - warm) / max(1.0, total - warm)
+    # a step past the planned total (a benchmark's extra rounds) stays at the end: lr 0, never negative
+    p = min(1.0, (step - warm) / max(1.0, total - warm))
     if cfg.schedule == "onecycle":  # linear warm-up, then linear decay to zero
         return 1.0 - p
     return 0.5 * (1.0 + math.cos(math.pi * p))  # cosine to zero
