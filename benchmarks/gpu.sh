@@ -14,6 +14,8 @@
 #   PARTS=seed bash benchmarks/gpu.sh                # the homework's 150 epochs, alone
 #   PARTS="best" BEST_BUDGET=900 bash benchmarks/gpu.sh
 #   DEADLINE_S=540 bash benchmarks/gpu.sh          # end within 540 s: best's clock shrinks to what is left
+#   RECORD_ARGS=--resume PARTS=seed bash benchmarks/gpu.sh   # a second call finishes the seed run the first
+#                                                    # call's limit cut (the run folder stays while warm)
 # A part that fails is logged and the next one runs (the exit status says whether any failed): one
 # device lease rarely allows a second try.
 # Joining the returned weights:   cat gpu-best-s0.safetensors.part-* > gpu-best-s0.safetensors &&
@@ -36,6 +38,7 @@ PROBE_BATCHES=${PROBE_BATCHES:-"256 512 1024"}
 PROBE_ARGS=${PROBE_ARGS:-"--steps 20 --rounds 5"}
 PROBE_COMPILE_BATCH=${PROBE_COMPILE_BATCH-512}  # eager vs compiled at this batch (empty: skip)
 EXTRA_SET=${EXTRA_SET:-}  # config overrides for every preset, e.g. for the CPU dry run
+RECORD_ARGS=${RECORD_ARGS:-}  # more record.py flags, e.g. --resume: finish the runs a cut-off call left
 RUNS=${RUNS:-benchmarks/runs}
 DEST=${OUT:-benchmarks/results/records/gpu-$(date -u +%Y%m%d-%H%M)}
 PART_MIB=15
@@ -62,7 +65,7 @@ record() {
   work=$(mktemp -d)
   # shellcheck disable=SC2086
   $PY benchmarks/record.py --preset "$preset" --name "$name" --seeds $seeds --data-dir "$DATA" --runs "$RUNS" \
-    --out "$DEST" "$@" 2>&1 | tee -a "$LOG" >&2 || echo "$name" >> "$FAILS"
+    --out "$DEST" "$@" $RECORD_ARGS 2>&1 | tee -a "$LOG" >&2 || echo "$name" >> "$FAILS"
   mv "$DEST/$name"-s*-metrics.csv "$work"/ 2>/dev/null || true
   echo "$work"
 }

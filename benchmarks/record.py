@@ -11,6 +11,7 @@ train_s (the training clock), compile_s (one-time compilation and warm-up), eval
 
     python benchmarks/record.py --preset cpu-fast --seeds 0 1 --target-acc 0.6221 --data-dir data
     python benchmarks/record.py --preset cpu-long --seeds 1 --append --data-dir data   # seed 0 ran earlier
+    python benchmarks/record.py --preset seed --resume ...   # the same command again, after it was killed
     python benchmarks/record.py --preset cpu-fast --name select-32px --set resolutions= --no-test \\
         --out benchmarks/results/sweeps/13-topic
 """
@@ -30,11 +31,11 @@ from pathlib import Path
 import torch
 from provenance import provenance  # benchmarks/ is on sys.path when a script there runs
 
-from c100 import UserError, checkpoint
+from c100 import UserError, checkpoint, lock
 from c100.config import resolve
 from c100.device import resolve_precision
 from c100.evaluate import evaluate, format_table
-from c100.train import setup_process, train
+from c100.train import Trainer, resume_from, resume_point, setup_process, train
 
 RESULTS = Path(__file__).resolve().parent / "results" / "records"  # current records; sweeps pass --out
 
@@ -47,16 +48,30 @@ def parse_sets(pairs: list[str]) -> dict:
     return out
 
 
-def record_seed(args, overrides: dict, seed: int, name: str, out_dir: Path) -> dict:
-    run = Path(args.runs) / f"{name}-s{seed}"
+def start_or_resume(args, overrides: dict, seed: int, run: Path) -> tuple[Trainer, bool]:
+    """Train the seed's run from scratch, or with --resume continue the one a killed record left (its
+    last.pt or config.yaml: one GPU call too short for the whole run, the next one finishes it)."""
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    if args.resume and ((run / "last.pt").is_file() or (run / "config.yaml").is_file()):
+        with lock.hold_run(run):  # read and continue under one lock, as `c100 train --resume` does
+            cfg, state = resume_point(run, {"data_dir": args.data_dir})
+            setup_process(cfg)
+            print(f"resuming {run} at epoch {state['epoch'] if state else 0}", flush=True)
+            return resume_from(run, cfg, state, log=log), True
     shutil.rmtree(run, ignore_errors=True)
     flags = {**overrides, "seed": seed, "data_dir": args.data_dir}
     if args.target_acc is not None:
         flags["target_acc"] = args.target_acc
     cfg = resolve(args.preset, None, flags)
     setup_process(cfg)
+    return train(cfg, run, log=log), False
+
+
+def record_seed(args, overrides: dict, seed: int, name: str, out_dir: Path) -> dict:
+    run = Path(args.runs) / f"{name}-s{seed}"
     t0 = time.perf_counter()
-    trainer = train(cfg, run, log=lambda line: print(line, flush=True))
+    trainer, resumed = start_or_resume(args, overrides, seed, run)
+    cfg = trainer.cfg
     train_end = time.perf_counter()
     # the test pass in the precision validation used (eval_precision; fp32 unless the preset says)
     eval_precision = resolve_precision(cfg.eval_precision, trainer.device)
@@ -68,7 +83,8 @@ def record_seed(args, overrides: dict, seed: int, name: str, out_dir: Path) -> d
     h = trainer.history
     target = trainer.target
     return {
-        "seed": seed, "wall_s": round(wall_s, 1), "train_s": round(trainer.clock, 1),
+        "seed": seed, "resumed": resumed,  # resumed: wall_s counts this process only; train_s the whole run
+        "wall_s": round(wall_s, 1), "train_s": round(trainer.clock, 1),
         "compile_s": round(trainer.compile_s, 1),
         "val_eval_s": round(sum(r.get("eval_s") or 0 for r in h), 1),
         "test_eval_s": round(time.perf_counter() - train_end, 1) if result else None,
@@ -94,6 +110,9 @@ def main() -> int:
     ap.add_argument("--data-dir", default=os.environ.get("CIFAR100_DATA", "data"))
     ap.add_argument("--runs", default="benchmarks/runs", help="where the run folders go (git-ignored)")
     ap.add_argument("--out", default=os.environ.get("OUT") or str(RESULTS), help="folder for the JSON and CSVs")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue a seed's run folder that a killed record left (its last.pt) instead of starting "
+                         "it again; its config comes from the run, so --preset/--set must name the same record")
     ap.add_argument("--append", action="store_true",
                     help="add these seeds to those already in NAME.json (a record longer than a session, one seed "
                          "at a time): only on the same kind of machine, with the same preset, overrides and target")

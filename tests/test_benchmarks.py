@@ -94,6 +94,47 @@ def test_results_index_names_what_is_missing(tmp_path, monkeypatch):
                      "  records/b.json: status archive but not under archive/"]
 
 
+def test_record_resume_finishes_the_run_a_killed_record_left(tmp_path):
+    """--resume continues a seed's run folder from its last.pt (a GPU call's limit cut the record), to the
+    same epochs a straight run has; the seed is marked resumed. Without it the seed starts again."""
+    import json
+
+    from c100.config import resolve
+    from c100.train import train
+    from conftest import write_cifar
+
+    write_cifar(tmp_path / "data", 400, 100)
+    sets = ["batch_size=16", "val_size=100", "check_size=false", "precision=fp32", "time_budget=0", "epochs=2",
+            "eval_every=1"]
+    cfg = resolve("cpu-fast", None, {"seed": 0, "data_dir": str(tmp_path / "data"),
+                                     **dict(kv.split("=") for kv in sets)})
+
+    class Killed(Exception):
+        pass
+
+    def kill(trainer, row):
+        raise Killed
+
+    with pytest.raises(Killed):  # killed after its first epoch was saved
+        train(cfg, tmp_path / "runs" / "rec-s0", log=lambda *_: None, on_epoch=kill)
+
+    def record(*extra):
+        return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "record.py"), "--preset", "cpu-fast",
+                               "--name", "rec", "--seeds", "0", "--data-dir", str(tmp_path / "data"), "--runs",
+                               str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--set", *sets, *extra],
+                              capture_output=True, text=True, timeout=300)
+
+    r = record("--resume")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"resuming {tmp_path / 'runs' / 'rec-s0'} at epoch 1" in r.stdout
+    seed = json.loads((tmp_path / "out" / "rec.json").read_text())["per_seed"][0]
+    assert seed["resumed"] is True and seed["epochs"] == 2 and seed["test_top1"] is not None
+    r = record()  # no --resume: the finished folder is replaced by a new run
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resuming" not in r.stdout
+    assert json.loads((tmp_path / "out" / "rec.json").read_text())["per_seed"][0]["resumed"] is False
+
+
 def test_gpu_script_dry_run_on_the_cpu(tmp_path):
     """benchmarks/gpu.sh, every part, on synthetic data with seconds of training: what comes back from
     the GPU machine (at most 8 files of at most 16 MiB for probe, fast and best) and the weights joined
