@@ -1,6 +1,7 @@
 """Does torch.compile pay for training? The c100 trainer eager vs compiled, side by side in one process:
 the one-time compilation (Trainer.warm_up) is measured apart, then rounds alternate (eager, compiled,
-eager, ...) over the same slice of the real training split at one resolution; medians are reported,
+eager, ...) over the same first batches of an epoch of the real training split (Trainer.run_steps) at one
+resolution; medians are reported,
 with the break-even training time (compile_s / (1 - eager_time / compiled_time)).
 
     python benchmarks/compile_speed.py --data-dir data --res 16 --steps 6 --rounds 5
@@ -14,7 +15,7 @@ import statistics
 from pathlib import Path
 
 from provenance import provenance  # benchmarks/ is on sys.path when a script there runs
-from throughput import sliced_trainer
+from throughput import benchmark_trainer
 
 from c100 import checkpoint
 
@@ -33,14 +34,14 @@ def main() -> int:
     args = ap.parse_args()
 
     fixed = {"resolutions": [args.res]}  # one training resolution
-    eager, compiled = sliced_trainer(args, compile=False, **fixed), sliced_trainer(args, compile=True, **fixed)
+    eager, compiled = benchmark_trainer(args, compile=False, **fixed), benchmark_trainer(args, compile=True, **fixed)
     compile_s = compiled.warm_up()
     eager.warm_up()  # the same few steps, so both start from equally warm kernels
     print(f"compile + warm-up: {compile_s:.1f} s", flush=True)
     rows = []
     for r in range(args.rounds):
-        e = eager.train_one_epoch()["images_per_s"]
-        c = compiled.train_one_epoch()["images_per_s"]
+        e = eager.run_steps(args.steps)["images_per_s"]
+        c = compiled.run_steps(args.steps)["images_per_s"]
         print(f"round {r}: eager {e:.1f} img/s, compiled {c:.1f} img/s, ratio {c / e:.3f}", flush=True)
         rows.append({"eager": e, "compiled": c, "ratio": c / e})
     ratio = statistics.median(r["ratio"] for r in rows)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from provenance import provenance  # benchmarks/ is on sys.path when a script there runs
-from throughput import sliced_trainer
+from throughput import benchmark_trainer
 
 import c100
 from c100 import checkpoint
@@ -74,21 +74,21 @@ def main() -> int:
     # ours in fp32 (Keras' precision) and, where the CPU has native bf16, in bf16: what `--precision auto`
     # trains in there
     precisions = ["fp32", "bf16"] if cpu_has_native_bf16() else ["fp32"]
-    trainers = {p: sliced_trainer(argparse.Namespace(model="resnet18-seed", batch_size=64, data_dir=args.data_dir,
-                                                     precision=p, device="cpu", steps=args.train_steps),
-                                  resolutions=[32]) for p in precisions}
+    trainers = {p: benchmark_trainer(argparse.Namespace(model="resnet18-seed", batch_size=64, data_dir=args.data_dir,
+                                                        precision=p, device="cpu", steps=args.train_steps),
+                                     resolutions=[32]) for p in precisions}
     for m in models.values():  # warm-up, not timed
         m.logits(x[:200])
     for trainer in trainers.values():
-        trainer.train_one_epoch()
+        trainer.run_steps(args.train_steps)
     rounds = []
     for r in range(args.rounds):
         row = {}
         for n, m in models.items():
             row[n] = {"images_per_s": throughput(m, x, 100), **latency(m, x, args.latency_calls)}
-        row["ours_train_images_per_s"] = trainers["fp32"].train_one_epoch()["images_per_s"]
+        row["ours_train_images_per_s"] = trainers["fp32"].run_steps(args.train_steps)["images_per_s"]
         if "bf16" in trainers:
-            row["ours_train_bf16_images_per_s"] = trainers["bf16"].train_one_epoch()["images_per_s"]
+            row["ours_train_bf16_images_per_s"] = trainers["bf16"].run_steps(args.train_steps)["images_per_s"]
         k = keras_round(args.keras_python)
         row["keras"] = {"images_per_s": k["inference"]["median_images_per_s"],
                         "median_ms": k["latency"]["median_of_medians_ms"], "p99_ms": k["latency"]["median_of_p99_ms"],

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from provenance import provenance  # benchmarks/ is on sys.path when a script there runs
-from throughput import slice_epoch, sliced_trainer
+from throughput import benchmark_trainer
 from torch.profiler import ProfilerActivity, profile
 
 from c100 import checkpoint
@@ -57,8 +57,8 @@ def matmul_gflops(dtype: torch.dtype = torch.float32, n: int = 4096, reps: int =
     return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
 
 
-def count_macs(trainer: Trainer) -> dict:
-    """Multiply-adds of one training step (one batch), forward and backward, counted by hooks."""
+def count_macs(trainer: Trainer, steps: int) -> dict:
+    """Multiply-adds of one training step (one batch), forward and backward, counted by hooks over `steps`."""
     fwd, bwd = [0], [0]
 
     def hook(m: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
@@ -69,16 +69,14 @@ def count_macs(trainer: Trainer) -> dict:
         bwd[0] += macs * (int(m.weight.requires_grad) + int(x.requires_grad))
 
     handles = [m.register_forward_hook(hook) for m in trainer.model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-    step0 = trainer.step
-    trainer.train_one_epoch()
-    steps = trainer.step - step0
+    trainer.run_steps(steps)
     for h in handles:
         h.remove()
     return {"forward_macs": fwd[0] // steps, "backward_macs": bwd[0] // steps}
 
 
 def step_trainer(args, res: int, freeze_early: bool, precision: str = "auto") -> Trainer:
-    """The cpu-fast preset's Trainer fixed at one resolution, its epoch a slice of args.steps batches."""
+    """The cpu-fast preset's Trainer fixed at one resolution, timed over args.steps steps (run_steps)."""
     cfg = resolve("cpu-fast", None, {"data_dir": args.data_dir, "resolutions": [res], "res_milestones": [],
                                      "val_size": 0, "epochs": 1, "time_budget": 0, "freeze_early_at": 0.0,
                                      "precision": precision})
@@ -86,13 +84,13 @@ def step_trainer(args, res: int, freeze_early: bool, precision: str = "auto") ->
     if freeze_early:  # as cpu-fast runs after freeze_early_at
         for p in early_parameters(trainer.model):
             p.requires_grad_(False)
-    return slice_epoch(trainer, args.steps)
+    return trainer
 
 
-def time_shares(trainer: Trainer) -> dict:
+def time_shares(trainer: Trainer, steps: int) -> dict:
     """Where one round of the step spends its time: self CPU time by kind of operator, as fractions."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        trainer.train_one_epoch()
+        trainer.run_steps(steps)
     events = prof.key_averages()
     self_us = {e.key: e.self_cpu_time_total for e in events}
     total = sum(self_us.values())
@@ -106,13 +104,13 @@ def time_shares(trainer: Trainer) -> dict:
 def measure_step(args, precision: str, res: int, frozen: bool) -> dict:
     ours, onednn = step_trainer(args, res, frozen, precision), step_trainer(args, res, frozen, precision)
     onednn.gemm_convs = False  # every convolution by oneDNN
-    macs = count_macs(ours)
-    onednn.train_one_epoch()  # warm-up
+    macs = count_macs(ours, args.steps)
+    onednn.run_steps(args.steps)  # warm-up
     rounds = {"ours": [], "onednn": [], "matmul": []}
     for _ in range(args.rounds):
         rounds["matmul"].append(matmul_gflops(DTYPES[precision]))
-        rounds["ours"].append(ours.train_one_epoch()["images_per_s"])
-        rounds["onednn"].append(onednn.train_one_epoch()["images_per_s"])
+        rounds["ours"].append(ours.run_steps(args.steps)["images_per_s"])
+        rounds["onednn"].append(onednn.run_steps(args.steps)["images_per_s"])
     batch = ours.cfg.batch_size
     flops = 2 * (macs["forward_macs"] + macs["backward_macs"])
     # the machine's speed drifts between rounds and takes the matmul with it: the fraction is taken round
@@ -125,7 +123,7 @@ def measure_step(args, precision: str, res: int, frozen: bool) -> dict:
             "step_gflops": flops / 1e9, "images_per_s": ips, "onednn_images_per_s": statistics.median(rounds["onednn"]),
             "speedup_over_onednn": speedup, "achieved_gflops_per_s": flops * ips / batch / 1e9,
             "matmul_gflops_per_s": statistics.median(rounds["matmul"]),
-            "fraction_of_matmul": fraction, "time_shares": time_shares(ours),
+            "fraction_of_matmul": fraction, "time_shares": time_shares(ours, args.steps),
             **{f"{k}_rounds": v for k, v in rounds.items()}}
 
 
@@ -144,14 +142,14 @@ def measure_against_keras(args, precisions: list[str]) -> dict:
     ours = {}
     for p in precisions:
         for variant in ("", "_onednn"):
-            ours[p + variant] = sliced_trainer(argparse.Namespace(**vars(ns), precision=p), resolutions=[32])
+            ours[p + variant] = benchmark_trainer(argparse.Namespace(**vars(ns), precision=p), resolutions=[32])
             ours[p + variant].gemm_convs = not variant
     for t in ours.values():
-        t.train_one_epoch()  # warm-up
+        t.run_steps(args.keras_steps)  # warm-up
     rounds = {**{k: [] for k in ours}, "keras": [], "keras_other_work": []}
     for r in range(args.keras_rounds):
         for k, t in ours.items():
-            rounds[k].append(t.train_one_epoch()["images_per_s"])
+            rounds[k].append(t.run_steps(args.keras_steps)["images_per_s"])
         out = keras_train_round(args.keras_python, args.keras_steps)
         rounds["keras"].append(out["train"]["median_images_per_s"])
         rounds["keras_other_work"].append(out["train"]["cpu_share"]["other_work"])

@@ -1,9 +1,10 @@
 """Training throughput of the c100 trainer vs a bare PyTorch loop, side by side in one process.
 
 Both train the same model (ResNet18 by default) at the same batch size, precision and memory layout
-on the same device. The trainer runs its real epoch (`Trainer.train_one_epoch`: seeded permutation,
-on-device augmentation, lr schedule, metrics) over a slice of the real training split; the bare loop
-runs forward / cross-entropy / backward / SGD step over pre-normalised tensors with no augmentation.
+on the same device. The trainer runs its real steps (`Trainer.run_steps`: seeded order, on-device
+augmentation, lr schedule, metrics) on the first batches of an epoch of the real training split; the bare
+loop runs forward / cross-entropy / backward / SGD step over the same batches, augmented and normalised
+beforehand.
 Rounds alternate (trainer, bare, trainer, bare, ...) so drift of the machine hits both alike; one
 warm-up round of each is discarded; medians are reported.
 
@@ -16,6 +17,7 @@ import argparse
 import json
 import statistics
 import time
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -46,21 +48,14 @@ def bare_round(model, opt, x, y, batch, precision, device, channels_last) -> flo
     return (len(y) // batch * batch) / (time.perf_counter() - t0)
 
 
-def sliced_trainer(args, **flags) -> Trainer:
-    """A real Trainer whose "epoch" is args.steps batches of the training split (no validation split)."""
+def benchmark_trainer(args, **flags) -> Trainer:
+    """A real Trainer over the whole training split (no validation split), whose rounds are
+    `trainer.run_steps(args.steps)`."""
     cfg = resolve("default", None, {"model": args.model, "batch_size": args.batch_size, "data_dir": args.data_dir,
                                     "precision": args.precision, "device": args.device,
                                     "epochs": 1000,  # a cap: the rounds stay in the warm-up's low lr
                                     "val_size": 0, "check_size": getattr(args, "check_size", True), **flags})
-    return slice_epoch(build_trainer(cfg, Path("/nonexistent-unused"), log=lambda *_: None), args.steps)
-
-
-def slice_epoch(trainer: Trainer, steps: int) -> Trainer:
-    """Make the trainer's epoch its first `steps` batches of the training split (a timed round)."""
-    n = steps * trainer.cfg.batch_size
-    trainer.data.train_x, trainer.data.train_y = trainer.data.train_x[:n], trainer.data.train_y[:n]
-    trainer.per_epoch = steps
-    return trainer
+    return build_trainer(cfg, Path("/nonexistent-unused"), log=lambda *_: None)
 
 
 def main() -> int:
@@ -77,7 +72,7 @@ def main() -> int:
     ap.add_argument("--out", default="benchmarks/results/records/throughput-cpu.json")
     args = ap.parse_args()
 
-    trainer = sliced_trainer(args)
+    trainer = benchmark_trainer(args)
     cfg, dev, prec = trainer.cfg, trainer.device, trainer.cfg.precision
 
     torch.manual_seed(0)
@@ -85,12 +80,13 @@ def main() -> int:
     if cfg.channels_last:
         bare_model = bare_model.to(memory_format=torch.channels_last)
     bare_opt = torch.optim.SGD(bare_model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    bare_x = trainer.norm(trainer.data.train_x)  # pre-normalised: the bare loop does no data work at all
-    bare_y = trainer.data.train_y
+    # the trainer's batches of a round, made beforehand: the bare loop does no data work at all
+    bare = list(islice(trainer.batches(trainer.epoch), args.steps))
+    bare_x, bare_y = torch.cat([x for x, _ in bare]), torch.cat([y for _, y in bare])
 
     rows = []
     for r in range(args.rounds + 1):
-        t_ips = trainer.train_one_epoch()["images_per_s"]
+        t_ips = trainer.run_steps(args.steps)["images_per_s"]
         with small_map_gemm(trainer.gemm_convs):  # the trainer's convolutions too: only the loop differs
             b_ips = bare_round(bare_model, bare_opt, bare_x, bare_y, args.batch_size, prec, dev, cfg.channels_last)
         print(f"round {r}{' (warm-up, discarded)' if r == 0 else ''}: trainer {t_ips:.1f} img/s, "

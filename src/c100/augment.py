@@ -144,6 +144,28 @@ def train_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, s
         yield augment(images[idx], spec, norm, gen, mask, (lo, len(batch))), labels[idx]
 
 
+class EpochBatches:
+    """A run's training batches: `batches(epoch)` is one epoch of them (train_batches), in the order and
+    with the augmentation that (seed, epoch) fix. With `alt_flip`, which images start mirrored is drawn
+    once from the seed, so a resumed run agrees with a straight one."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, spec: AugmentSpec,
+                 norm: Normalize, seed: int, device: torch.device, alt_flip: bool = False, rank: int = 0,
+                 world: int = 1):
+        self.images, self.labels, self.batch_size, self.spec, self.norm = images, labels, batch_size, spec, norm
+        self.seed, self.device, self.rank, self.world = seed, device, rank, world
+        self.flip_start = None
+        if alt_flip:
+            g = epoch_generator(seed, -1, device)
+            self.flip_start = torch.rand(len(labels), device=device, generator=g) < 0.5
+
+    def __call__(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen = epoch_generator(self.seed, epoch, self.device)
+        mask = alternating_flips(self.flip_start, epoch) if self.flip_start is not None else None
+        return train_batches(self.images, self.labels, self.batch_size, self.spec, self.norm, gen, flip_mask=mask,
+                             rank=self.rank, world=self.world)
+
+
 @dataclass
 class MixPlan:
     """One epoch's MixUp / CutMix draws, one per batch, from numpy seeded by (seed, epoch): no random

@@ -277,9 +277,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from c100.config import keys
     from c100.tune import tune
 
-    where = {"data_dir": args.data_dir, "device": args.device, "threads": args.threads}
+    where = {key: getattr(args, key, None) for key in keys("run")}  # those tune has flags for
     try:
         tune(args.space, args.trials, args.study_dir, args.pruner, args.seed, where)
     except KeyboardInterrupt:

@@ -16,155 +16,205 @@ from pathlib import Path
 import yaml
 
 from c100 import UserError
+from c100.atomic import atomic_write_text
 from c100.data import default_data_dir
 
-CHOICES = {
-    "optimizer": ("sgd", "adam", "adamw"),
-    "schedule": ("onecycle", "cosine", "multistep", "inverse-time", "constant"),
-    "pad_mode": ("reflect", "zero", "edge"),
-    "precision": ("auto", "fp32", "bf16", "fp16"),
-    "eval_precision": ("fp32", "auto", "bf16", "fp16"),
-    "normalize": ("cifar100", "none"),
-    "device": ("auto", "cpu", "cuda", "mps"),
-    "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
-}
+# Each field is in one group: the recipe (what to train), evaluation (how the model is judged and fed),
+# run (where to run and what to log: these may differ between a run and its resume, or between the
+# trials of a search, as they change nothing that is trained).
+GROUPS = ("recipe", "evaluation", "run")
 
 
-def _f(default, help: str, **kw):
+def _field(group: str, default, help: str, bounds: str = "", what: str = "", note: str = "",
+           choices: tuple = ()):
+    """A config field and its metadata: its group (GROUPS), its help text, the values it may take
+    (`choices`) or, for a number, the interval it must lie in, as "[0, 1)" or "(0, inf)", with what it is
+    ("a fraction of training") and a note for the error message. A list's bounds hold for each number."""
+    meta = {"group": group, "help": help, "bounds": _interval(bounds) if bounds else None, "what": what,
+            "note": note, "choices": choices}
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _recipe(default, help: str, **check):
+    """What to train: the model, the data split, optimisation, augmentation, precision; fixed for a run."""
+    return _field("recipe", default, help, **check)
+
+
+def _evaluation(default, help: str, **check):
+    """How the model is judged during training and fed outside it (validation, evaluate, predict)."""
+    return _field("evaluation", default, help, **check)
+
+
+def _run(default, help: str, **check):
+    """Where to run and what to log: not what is trained, so it may differ when a run is resumed or a
+    search restarted (the data's place, the device, threads, TensorBoard)."""
+    return _field("run", default, help, **check)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """The bounds of a number: [low, high], with either end open; "inf" as the high end admits any number."""
+
+    low: float
+    high: float
+    low_open: bool
+    high_open: bool
+
+    def __contains__(self, x: float) -> bool:  # NaN is in none
+        above = self.low < x if self.low_open else self.low <= x
+        below = x <= self.high if self.high == float("inf") or not self.high_open else x < self.high
+        return above and below
+
+    def words(self, what: str = "") -> str:
+        """As the errors say it: 'positive', '>= 0', 'in [0, 1)', 'a fraction of training in [0, 1)'."""
+        if self.high == float("inf"):
+            return "positive" if self.low == 0 and self.low_open else f">= {self.low:g}"
+        text = f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        return f"{what} in {text}" if what else f"in {text}"
+
+
+def _interval(text: str) -> Interval:
+    low, high = (float(v) for v in text[1:-1].split(","))
+    return Interval(low, high, text[0] == "(", text[-1] == ")")
 
 
 @dataclass
 class TrainConfig:
-    # model and data
-    model: str = _f("resnet18", "architecture from the registry (see `c100 models`)")
-    data_dir: str = _f("./data", "folder holding cifar-100-python/ (env CIFAR100_DATA)")
-    download: bool = _f(True, "download CIFAR-100 when it is not in --data-dir")
-    check_size: bool = _f(True, "refuse a data set whose splits are not CIFAR-100's 50,000 / 10,000 images (a "
-                                "wrong or partial file); --no-check-size admits smaller ones, e.g. synthetic "
-                                "data for tests and dry runs")
-    val_size: int = _f(5000, "stratified validation images held out of train (0 = train on all 50k)")
-    train_size: int = _f(0, "use a stratified subset of this many training images (0 = all that are not "
-                            "validation): short experiments on a CPU")
-    seed: int = _f(0, "seeds the split, the initialisation and every batch")
-    init_from: str = _f("", "start from a trained model's weights instead of a random initialisation (fine-"
-                            "tuning, e.g. at another resolution): 'default', a run folder (its last.pt), or a .pt "
-                            "or .safetensors file of --model's architecture; it must have trained on this run's "
-                            "split (same --seed and --val-size)")
+    # -- the recipe: what to train. Fixed for a run: a resume may change only --lr (ADJUSTABLE in train.py)
+    # model and data split
+    model: str = _recipe("resnet18", "architecture from the registry (see `c100 models`)")
+    val_size: int = _recipe(5000, "stratified validation images held out of train (0 = train on all 50k)",
+                            bounds="[0, inf)")
+    train_size: int = _recipe(0, "use a stratified subset of this many training images (0 = all that are not "
+                                 "validation): short experiments on a CPU", bounds="[0, inf)")
+    seed: int = _recipe(0, "seeds the split, the initialisation and every batch")
+    init_from: str = _recipe("", "start from a trained model's weights instead of a random initialisation (fine-"
+                                 "tuning, e.g. at another resolution): 'default', a run folder (its last.pt), or a "
+                                 ".pt or .safetensors file of --model's architecture; it must have trained on this "
+                                 "run's split (same --seed and --val-size)")
     # optimisation
-    epochs: int = _f(30, "training epochs")
-    batch_size: int = _f(128, "images per step: the global batch, split evenly over torchrun's processes")
-    optimizer: str = _f("sgd", "sgd (Nesterov) | adam | adamw")
-    lr: float = _f(0.1, "peak learning rate")
-    lr_ref_batch: int = _f(0, "0 = --lr is used as given; else the peak lr is --lr * batch-size / lr-ref-batch "
-                              "(linear scaling, Goyal et al. 2017)")
-    momentum: float = _f(0.9, "SGD momentum / Adam beta1")
-    nesterov: bool = _f(True, "Nesterov momentum for SGD")
-    adam_eps: float = _f(1e-8, "Adam epsilon (Keras uses 1e-7)")
-    weight_decay: float = _f(5e-4, "weight decay on conv/linear weights (decoupled for adamw)")
-    l2: float = _f(0.0, "L2 penalty added to the loss: l2 * sum(w^2) / 2 over all trainable weights")
-    schedule: str = _f("onecycle", "onecycle | cosine | multistep | inverse-time | constant")
-    warmup_epochs: float = _f(1.0, "linear warm-up from 0 (onecycle, cosine); at most a quarter of training")
-    milestones: list = _f([0.5, 0.75], "multistep: fractions of training where lr is multiplied by gamma")
-    gamma: float = _f(0.1, "multistep factor")
-    lr_decay: float = _f(0.0, "inverse-time decay per step: lr / (1 + lr_decay * step), as Keras' decay")
-    label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy")
-    grad_clip: float = _f(0.0, "clip the gradient norm to this value (0 = off)")
-    ema: float = _f(0.0, "decay of an exponential moving average of the weights (0 = off)")
-    whiten_stem: bool = _f(False, "start the stem's filters as the whitening transform of 3x3 training patches "
-                                  "(models/whiten.py; the architecture is unchanged)")
-    freeze_stem: bool = _f(False, "keep the stem's filters at their initial values (with --whiten-stem, as "
-                                  "airbench does: the whitening stays exact; its BatchNorm still trains)")
-    freeze_early_at: float = _f(0.0, "from this fraction of training on, stop training the stem and the first "
-                                     "stage (ResNet's layer1): their backward passes are skipped (0 = never)")
+    epochs: int = _recipe(30, "training epochs", bounds="(0, inf)")
+    batch_size: int = _recipe(128, "images per step: the global batch, split evenly over torchrun's processes",
+                              bounds="(0, inf)")
+    optimizer: str = _recipe("sgd", "sgd (Nesterov) | adam | adamw",
+                             choices=("sgd", "adam", "adamw"))
+    lr: float = _recipe(0.1, "peak learning rate", bounds="[0, inf)")
+    lr_ref_batch: int = _recipe(0, "0 = --lr is used as given; else the peak lr is --lr * batch-size / "
+                                   "lr-ref-batch (linear scaling, Goyal et al. 2017)", bounds="[0, inf)")
+    momentum: float = _recipe(0.9, "SGD momentum / Adam beta1", bounds="[0, 1)")
+    nesterov: bool = _recipe(True, "Nesterov momentum for SGD")
+    adam_eps: float = _recipe(1e-8, "Adam epsilon (Keras uses 1e-7)")
+    weight_decay: float = _recipe(5e-4, "weight decay on conv/linear weights (decoupled for adamw)",
+                                  bounds="[0, inf)")
+    l2: float = _recipe(0.0, "L2 penalty added to the loss: l2 * sum(w^2) / 2 over all trainable weights",
+                        bounds="[0, inf)")
+    schedule: str = _recipe("onecycle", "onecycle | cosine | multistep | inverse-time | constant",
+                            choices=("onecycle", "cosine", "multistep", "inverse-time", "constant"))
+    warmup_epochs: float = _recipe(1.0, "linear warm-up from 0 (onecycle, cosine); at most a quarter of training",
+                                   bounds="[0, inf)")
+    milestones: list = _recipe([0.5, 0.75], "multistep: fractions of training where lr is multiplied by gamma",
+                               bounds="(0, 1)", what="fractions of training")
+    gamma: float = _recipe(0.1, "multistep factor")
+    lr_decay: float = _recipe(0.0, "inverse-time decay per step: lr / (1 + lr_decay * step), as Keras' decay",
+                              bounds="[0, inf)")
+    label_smoothing: float = _recipe(0.0, "label smoothing of the cross-entropy", bounds="[0, 1)")
+    grad_clip: float = _recipe(0.0, "clip the gradient norm to this value (0 = off)", bounds="[0, inf)")
+    ema: float = _recipe(0.0, "decay of an exponential moving average of the weights (0 = off)", bounds="[0, 1)",
+                         note="e.g. 0.999")
+    whiten_stem: bool = _recipe(False, "start the stem's filters as the whitening transform of 3x3 training "
+                                       "patches (models/whiten.py; the architecture is unchanged)")
+    freeze_stem: bool = _recipe(False, "keep the stem's filters at their initial values (with --whiten-stem, as "
+                                       "airbench does: the whitening stays exact; its BatchNorm still trains)")
+    freeze_early_at: float = _recipe(0.0, "from this fraction of training on, stop training the stem and the first "
+                                          "stage (ResNet's layer1): their backward passes are skipped (0 = never)",
+                                     bounds="[0, 1)", what="a fraction of training", note="0 = off")
     # time-to-accuracy
-    time_budget: float = _f(0.0, "seconds of training (0 = off): the lr and resolution schedules follow the "
-                                 "clock instead of the step count, and training stops when it is spent; "
-                                 "--epochs is then only a cap")
-    target_acc: float = _f(0.0, "validation accuracy whose first reach is recorded (time, epoch; 0 = off)")
-    eval_every: int = _f(1, "validate every N epochs (0 = only after the last one)")
-    budget_includes_eval: bool = _f(False, "validation passes during training count against --time-budget: the "
-                                           "run then ends on the budget (plus the final validation) whatever "
-                                           "they cost on this machine")
+    time_budget: float = _recipe(0.0, "seconds of training (0 = off): the lr and resolution schedules follow the "
+                                      "clock instead of the step count, and training stops when it is spent; "
+                                      "--epochs is then only a cap", bounds="[0, inf)")
+    budget_includes_eval: bool = _recipe(False, "validation passes during training count against --time-budget: "
+                                                "the run then ends on the budget (plus the final validation) "
+                                                "whatever they cost on this machine")
     # augmentation
-    translate: int = _f(4, "max random shift in pixels (crop with padding)")
-    pad_mode: str = _f("reflect", "fill for the shift: reflect | zero | edge")
-    flip: bool = _f(True, "random horizontal flips")
-    alt_flip: bool = _f(False, "alternating flips: each image is mirrored on every other epoch, from a random "
-                               "start (needs --flip)")
-    cutout: int = _f(0, "side of a random square zeroed per image (0 = off)")
-    mixup: float = _f(0.0, "MixUp: each batch blended with itself reversed, the share drawn from Beta(a, a) with "
-                           "this a (0 = off; with --cutmix, each batch takes one of the two)")
-    cutmix: float = _f(0.0, "CutMix: a box of the reversed batch pasted in, its area from Beta(a, a) with this a "
-                            "(0 = off)")
-    mix_from: float = _f(0.0, "fraction of training from which MixUp/CutMix start (the start trains on clean "
-                              "images)")
-    mix_until: float = _f(1.0, "fraction of training after which MixUp/CutMix stop (the end trains on clean "
-                               "images)")
-    normalize: str = _f("cifar100", "cifar100 (CIFAR-100 mean/std) | none (pixels / 255)")
-    resolutions: list = _f([], "progressive resizing: training resolutions in order, e.g. 16 24 32 (empty = 32)")
-    res_milestones: list = _f([], "fractions of training where the next resolution starts, e.g. 0.4 0.7")
-    eval_resolution: int = _f(0, "pixel size the images are resized to (as in training) for validation, "
-                                 "evaluation and prediction (0 = the last training resolution: 32 without "
-                                 "--resolutions)")
-    # speed
-    precision: str = _f("auto", "auto (bf16 on GPUs and CPUs with native bf16, else fp32) | fp32 | bf16 "
-                                "(autocast) | fp16 (GPU, with a grad scaler)")
-    channels_last: bool = _f(True, "NHWC memory layout (faster convolutions)")
-    compile: bool = _f(False, "torch.compile the model (one-time cost, measured and reported apart)")
-    compile_mode: str = _f("default", "torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune"
-                                      " | max-autotune-no-cudagraphs")
-    device: str = _f("auto", "auto | cpu | cuda | mps")
-    threads: int = _f(0, "CPU threads for torch (0 = torch's default)")
-    sync_bn: bool = _f(False, "under torchrun: BatchNorm statistics over the global batch, not each process's "
-                              "slice (SyncBatchNorm)")
-    deterministic: bool = _f(False, "torch.use_deterministic_algorithms (slower, bitwise repeatable)")
-    tensorboard: bool = _f(False, "also write the per-epoch metrics to RUN/tensorboard for TensorBoard (pip "
-                                  "install 'c100[tensorboard]')")
-    eval_precision: str = _f("fp32", "precision of validation during training, and of the test pass "
-                                     "benchmarks/record.py makes: fp32 (the reference, as `c100 evaluate`) | "
-                                     "auto | bf16 | fp16 (autocast)")
-    eval_batch_size: int = _f(100, "images per evaluation step (100 is fastest on a 2-core CPU; GPUs want ~1000)")
-    tta: bool = _f(False, "flip test-time augmentation as part of the model: validation, test and predictions "
-                          "average each image's and its mirror's probabilities (twice the evaluation time)")
+    translate: int = _recipe(4, "max random shift in pixels (crop with padding)", bounds="[0, 16]",
+                             note="more exceeds half the 32-px image")
+    pad_mode: str = _recipe("reflect", "fill for the shift: reflect | zero | edge",
+                            choices=("reflect", "zero", "edge"))
+    flip: bool = _recipe(True, "random horizontal flips")
+    alt_flip: bool = _recipe(False, "alternating flips: each image is mirrored on every other epoch, from a "
+                                    "random start (needs --flip)")
+    cutout: int = _recipe(0, "side of a random square zeroed per image (0 = off)", bounds="[0, inf)")
+    mixup: float = _recipe(0.0, "MixUp: each batch blended with itself reversed, the share drawn from Beta(a, a) "
+                                "with this a (0 = off; with --cutmix, each batch takes one of the two)",
+                           bounds="[0, inf)")
+    cutmix: float = _recipe(0.0, "CutMix: a box of the reversed batch pasted in, its area from Beta(a, a) with "
+                                 "this a (0 = off)", bounds="[0, inf)")
+    mix_from: float = _recipe(0.0, "fraction of training from which MixUp/CutMix start (the start trains on clean "
+                                   "images)")
+    mix_until: float = _recipe(1.0, "fraction of training after which MixUp/CutMix stop (the end trains on clean "
+                                    "images)", bounds="[0, 1]", what="a fraction of training")
+    normalize: str = _recipe("cifar100", "cifar100 (CIFAR-100 mean/std) | none (pixels / 255)",
+                             choices=("cifar100", "none"))
+    resolutions: list = _recipe([], "progressive resizing: training resolutions in order, e.g. 16 24 32 (empty = "
+                                    "32)")
+    res_milestones: list = _recipe([], "fractions of training where the next resolution starts, e.g. 0.4 0.7")
+    # precision and speed (each changes the numbers a run computes, so it is part of the recipe)
+    precision: str = _recipe("auto", "auto (bf16 on GPUs and CPUs with native bf16, else fp32) | fp32 | bf16 "
+                                     "(autocast) | fp16 (GPU, with a grad scaler)",
+                             choices=("auto", "fp32", "bf16", "fp16"))
+    channels_last: bool = _recipe(True, "NHWC memory layout (faster convolutions)")
+    compile: bool = _recipe(False, "torch.compile the model (one-time cost, measured and reported apart)")
+    compile_mode: str = _recipe("default", "torch.compile mode: default | reduce-overhead (CUDA graphs) | "
+                                           "max-autotune | max-autotune-no-cudagraphs",
+                                choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
+    sync_bn: bool = _recipe(False, "under torchrun: BatchNorm statistics over the global batch, not each "
+                                   "process's slice (SyncBatchNorm)")
+    deterministic: bool = _recipe(False, "torch.use_deterministic_algorithms (slower, bitwise repeatable)")
+
+    # -- evaluation: how the model is judged during training and fed outside it
+    target_acc: float = _evaluation(0.0, "validation accuracy whose first reach is recorded (time, epoch; 0 = "
+                                         "off)", bounds="[0, 1]", what="a fraction", note="e.g. 0.6221")
+    eval_every: int = _evaluation(1, "validate every N epochs (0 = only after the last one)", bounds="[0, inf)")
+    eval_resolution: int = _evaluation(0, "pixel size the images are resized to (as in training) for validation, "
+                                          "evaluation and prediction (0 = the last training resolution: 32 "
+                                          "without --resolutions)")
+    eval_precision: str = _evaluation("fp32", "precision of validation during training, and of the test pass "
+                                              "benchmarks/record.py makes: fp32 (the reference, as `c100 "
+                                              "evaluate`) | auto | bf16 | fp16 (autocast)",
+                                      choices=("fp32", "auto", "bf16", "fp16"))
+    eval_batch_size: int = _evaluation(100, "images per evaluation step (100 is fastest on a 2-core CPU; GPUs "
+                                            "want ~1000)", bounds="(0, inf)")
+    tta: bool = _evaluation(False, "flip test-time augmentation as part of the model: validation, test and "
+                                   "predictions average each image's and its mirror's probabilities (twice the "
+                                   "evaluation time)")
+
+    # -- where to run and what to log: may differ between a run and its resume (RESUMABLE in train.py)
+    data_dir: str = _run("./data", "folder holding cifar-100-python/ (env CIFAR100_DATA)")
+    download: bool = _run(True, "download CIFAR-100 when it is not in --data-dir")
+    check_size: bool = _run(True, "refuse a data set whose splits are not CIFAR-100's 50,000 / 10,000 images (a "
+                                  "wrong or partial file); --no-check-size admits smaller ones, e.g. synthetic "
+                                  "data for tests and dry runs")
+    device: str = _run("auto", "auto | cpu | cuda | mps",
+                       choices=("auto", "cpu", "cuda", "mps"))
+    threads: int = _run(0, "CPU threads for torch (0 = torch's default)", bounds="[0, inf)")
+    tensorboard: bool = _run(False, "also write the per-epoch metrics to RUN/tensorboard for TensorBoard (pip "
+                                    "install 'c100[tensorboard]')")
 
     def validate(self) -> TrainConfig:
-        from c100.models import list_models
+        """Every value within its field's choices and bounds (one line naming the flag and the fix), then the
+        rules that tie fields together."""
+        from c100.models import list_models  # here, not at the top: the CLI's --help does not wait for torch
 
         if self.model not in list_models():
             raise UserError(f"unknown model '{self.model}'; choose one of: {', '.join(list_models())}")
-        for name, allowed in CHOICES.items():
-            if getattr(self, name) not in allowed:
+        for name, f in FIELDS.items():
+            allowed = f.metadata["choices"]
+            if allowed and getattr(self, name) not in allowed:
                 raise UserError(f"--{_flag(name)} '{getattr(self, name)}' is not one of: {', '.join(allowed)}")
-        positive = ["epochs", "batch_size", "eval_batch_size"]
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise UserError(f"--{_flag(name)} must be positive, got {getattr(self, name)}")
-        nonneg = ["lr", "weight_decay", "l2", "warmup_epochs", "lr_decay", "grad_clip", "translate",
-                  "cutout", "val_size", "threads", "time_budget", "eval_every", "train_size", "lr_ref_batch",
-                  "mixup", "cutmix"]
-        for name in nonneg:
-            if getattr(self, name) < 0:
-                raise UserError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
-        if not 0 <= self.label_smoothing < 1:
-            raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
-        if not 0 <= self.ema < 1:
-            raise UserError(f"--ema must be in [0, 1) (e.g. 0.999), got {self.ema}")
-        if not 0 <= self.momentum < 1:
-            raise UserError(f"--momentum must be in [0, 1), got {self.momentum}")
-        if self.translate > 16:
-            raise UserError(f"--translate {self.translate} exceeds half the 32-px image; use 0..16")
-        if any(not 0 < m < 1 for m in self.milestones):
-            raise UserError(f"--milestones must be fractions of training in (0, 1), got {self.milestones}")
-        if not 0 <= self.target_acc <= 1:
-            raise UserError(f"--target-acc is a fraction in [0, 1] (e.g. 0.6221), got {self.target_acc}")
-        if not 0 <= self.freeze_early_at < 1:
-            raise UserError(f"--freeze-early-at is a fraction of training in [0, 1) (0 = off), got "
-                            f"{self.freeze_early_at}")
-        if not 0 <= self.mix_until <= 1:
-            raise UserError(f"--mix-until is a fraction of training in [0, 1], got {self.mix_until}")
+            if f.metadata["bounds"] is not None:
+                _check_bounds(name, getattr(self, name), f.metadata)
         if not 0 <= self.mix_from < 1 or 0 < self.mix_until <= self.mix_from:
             raise UserError(f"--mix-from must be a fraction of training in [0, --mix-until), got {self.mix_from} "
                             f"with --mix-until {self.mix_until}")
@@ -201,7 +251,22 @@ def _flag(name: str) -> str:
     return name.replace("_", "-")
 
 
+def _check_bounds(name: str, value, meta: dict) -> None:
+    """A number (or each number of a list) within its field's bounds, or one line that says them."""
+    bounds, note = meta["bounds"], meta["note"]
+    if any(v not in bounds for v in (value if isinstance(value, list) else [value])):
+        raise UserError(f"--{_flag(name)} must be {bounds.words(meta['what'])}{f' ({note})' if note else ''}, "
+                        f"got {value}")
+
+
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def keys(group: str) -> tuple[str, ...]:
+    """The config keys of one group (GROUPS), in their order: keys("run") are the where-to-run settings."""
+    return tuple(name for name, f in FIELDS.items() if f.metadata["group"] == group)
+
+
 _TYPES = typing.get_type_hints(TrainConfig)
 
 
@@ -305,6 +370,4 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 
 def save_yaml(values: dict, path: Path, header: str = "") -> None:
     """The config as YAML, written atomically; `header` (comment lines) goes above it."""
-    from c100.checkpoint import atomic_write_text
-
     atomic_write_text(path, header + yaml.safe_dump(values, sort_keys=False))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from c100 import UserError
-from c100.checkpoint import cpu_flags
+from c100.machine import cpu_flags
 
 
 def select_device(name: str) -> torch.device:
@@ -37,3 +37,12 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 def autocast(precision: str, device: torch.device):
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+# torch.OutOfMemoryError since 2.5; a GPU's, or a CPU's allocator failing, ends a run the same way
+OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """A GPU's out-of-memory error, or the CPU allocator's."""
+    return isinstance(e, OutOfMemoryError) or (isinstance(e, RuntimeError) and "can't allocate memory" in str(e))

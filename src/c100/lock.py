@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from c100 import UserError, distributed
-from c100.checkpoint import os_reason
+from c100.atomic import os_reason
 
 try:
     import fcntl

@@ -1,4 +1,8 @@
-"""The training loop: optimizer, schedule, precision, compile, EMA, checkpoints, per-epoch metrics.
+"""The training loop: its builders (data, model, optimizer), the Trainer, and train / resume.
+
+The Trainer's parts live beside it: the clock and time budget (clock.py), the run folder's checkpoints and
+best model (checkpointing.py), what a checkpoint holds to resume (training_state.py), the divergence guard
+(divergence.py), the compile warm-up (warmup.py), the batches (augment.py) and schedules (schedule.py).
 
 `train(cfg, run_dir)` runs a new training; `resume(run_dir)` continues a killed one from its last
 checkpoint and ends with the same weights an uninterrupted run would have (same seed, CPU,
@@ -10,9 +14,7 @@ its slice of every global batch, DDP averages the gradients, and only rank 0 log
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
-import io
 import itertools
 import sys
 import time
@@ -25,40 +27,30 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from c100 import UserError, augment, checkpoint, data, distributed, lock
-from c100.augment import AugmentSpec, Normalize, epoch_generator, resize, steps_per_epoch
-from c100.config import TrainConfig, apply, from_dict, read_yaml, save_yaml
-from c100.device import autocast, resolve_precision, select_device
-from c100.inference import Model, model_card
+from c100 import UserError, augment, checkpoint, data, distributed, divergence, lock, warmup
+from c100.atomic import atomic_write_json, remove_stale_temps
+from c100.augment import AugmentSpec, EpochBatches, Normalize, resize, steps_per_epoch
+from c100.checkpointing import Checkpoints
+from c100.clock import Clock
+from c100.config import TrainConfig, apply, from_dict, keys, read_yaml, save_yaml
+from c100.device import OutOfMemoryError as _OOM  # noqa: F401 - the tests raise it as a GPU does
+from c100.device import autocast, is_out_of_memory, resolve_precision, select_device
+from c100.divergence import Diverged  # noqa: F401 - raised by the loop; callers catch it as c100.train.Diverged
+from c100.inference import Model, load, model_card
+from c100.machine import device_name, environment
 from c100.models import create_model
 from c100.models.cpu_conv import small_map_gemm
 from c100.models.resnet import early_parameters
 from c100.models.whiten import stem_conv, whiten_stem
 from c100.progress import TensorBoard, TimeEstimate
 from c100.schedule import lr_factor, mixing_at, peak_lr, resolution_at
+from c100.training_state import check_training_state, restore_rng, restore_training, training_state
 
 WHITEN_IMAGES = 5000  # enough for a stable 27 x 27 patch covariance (5000 x 900 patches)
-CSV_FIELDS = ["epoch", "lr", "res", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_s", "images_per_s",
-              "clock_s", "eval_s"]
-# Steps between checks that the loss is finite where the device runs ahead of Python (GPUs): each check
-# waits for the device. On the CPU every step is checked, at no cost.
-FINITE_CHECK_EVERY = 50
-
-
-class Diverged(UserError):
-    """The loss or the weights became NaN or infinite: training stopped before saving anything after it."""
 
 
 class OutOfMemory(UserError):
     """The device ran out of memory: training stopped; the last checkpoint is whole."""
-
-
-_OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch.OutOfMemoryError since 2.5
-
-
-def is_out_of_memory(e: BaseException) -> bool:
-    """A GPU's out-of-memory error, or the CPU allocator's."""
-    return isinstance(e, _OOM) or (isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
 
 
 @dataclass
@@ -88,6 +80,8 @@ def prepare(cfg: TrainConfig) -> tuple[TrainConfig, torch.device]:
     """This process's device (cuda:LOCAL_RANK under torchrun, after joining the process group) and the
     config with precision "auto" resolved: the run records the precision it really used."""
     distributed.local_batch(cfg.batch_size)  # the global batch splits evenly: checked before any process waits
+    if cfg.freeze_early_at and distributed.world_size() > 1:
+        raise UserError("--freeze-early-at does not run under torchrun (DDP expects every gradient); drop it")
     device = distributed.setup(select_device(cfg.device))
     if cfg.precision == "fp16" and device.type != "cuda":
         raise UserError("--precision fp16 needs a CUDA GPU; on CPU use bf16 or fp32")
@@ -140,8 +134,6 @@ def init_weights(model: nn.Module, cfg: TrainConfig) -> None:
     """Copy the weights of the trained model `cfg.init_from` into `model` (on any device, in place), once
     it is checked to be of the same architecture and to have held out the same validation images: a
     source that trained on this run's validation images would make its validation accuracy a lie."""
-    from c100.inference import load
-
     try:
         source = load(cfg.init_from, device="cpu", backend="torch")
     except UserError as e:
@@ -203,160 +195,132 @@ def evaluate_loss_acc(model: Model, x: torch.Tensor, y: torch.Tensor) -> tuple[f
     return loss_sum / n, correct / n
 
 
-def write_metrics_csv(history: list[dict], path: Path) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, CSV_FIELDS, extrasaction="ignore")
-    w.writeheader()
-    for row in history:
-        w.writerow({k: ("" if row.get(k) is None else row[k]) for k in CSV_FIELDS})
-    checkpoint.atomic_write_text(path, buf.getvalue())
+class Tally:
+    """An epoch's training loss and accuracy, summed on the device (no wait for it at each step) and over
+    every process's images at the end. The accuracy of a mixed pair counts its first image's label."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.seen = device, 0
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device, dtype=torch.long)
+
+    def add(self, logits: torch.Tensor, loss: torch.Tensor, y: torch.Tensor) -> None:
+        self.loss_sum += loss * len(y)
+        self.correct += (logits.argmax(1) == y).sum()
+        self.seen += len(y)
+
+    def all_reduced(self) -> tuple[float, float, float]:
+        """Mean loss, accuracy and the images seen, over every process (.item() in tolist waits for the device)."""
+        sums = torch.stack([self.loss_sum.double(), self.correct.double(),
+                            torch.tensor(self.seen, device=self.device).double()])
+        loss_sum, correct, seen = distributed.all_reduce_sum(sums).tolist()
+        return loss_sum / seen, correct / seen, seen
 
 
 class Trainer:
-    """The loop of one run, handed its parts: `fit()` trains from its epoch to cfg.epochs (or to the end
-    of the time budget), validating, saving checkpoints and metrics as it goes. `build_trainer` makes
-    the parts from a config."""
+    """The loop of one run: `fit()` trains epoch after epoch to cfg.epochs (or to the end of the time
+    budget), `train_one_epoch()` runs its steps, `train_step()` is one optimizer step, `validate()` judges
+    the weights. It is handed its parts (`build_trainer` makes them from a config): the model, optimizer
+    and data; the clock, which keeps the time budget (clock.py); the checkpoints, which write the run
+    folder and track the best model (checkpointing.py). `run_steps(n)` runs steps alone, for benchmarks."""
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 data: Tensors, device: torch.device, log=print, on_epoch=None):
+                 data: Tensors, device: torch.device, clock: Clock, checkpoints: Checkpoints, log=print,
+                 on_epoch=None):
         # on_epoch(trainer, row) runs after each epoch is saved (e.g. Optuna's pruning); may raise
         self.cfg, self.run_dir, self.on_epoch = cfg, Path(run_dir), on_epoch
         self.model, self.optimizer, self.data, self.device = model, optimizer, data, device
+        self.timer, self.checkpoints = clock, checkpoints
         self.log = log if distributed.is_main() else _quiet  # rank-0 discipline: one voice, one set of files
         self.world, self.rank = distributed.world_size(), distributed.rank()
-        self.norm = Normalize(cfg.normalize, device)
-        meta = data.meta
-        self.card = model_card(cfg, meta.fine_names, meta.coarse_names, meta.fine_to_coarse)
-        # Frozen from cfg.freeze_early_at on (FreezeOut, Brock et al. 2017): with nothing before them to
-        # train, autograd then skips the backward of the stem and layer1, the largest maps.
-        self.early = early_parameters(model) if cfg.freeze_early_at else []
-        if self.early and self.world > 1:
-            raise UserError("--freeze-early-at does not run under torchrun (DDP expects every gradient); drop it")
-        # oneDNN is slow on tiny maps: as GEMMs, their convolutions run the cpu-fast step 1.4x faster at
-        # 16 and 24 px in bf16 on an AMX Xeon (models/cpu_conv.py); compiled, they stay oneDNN's
-        self.gemm_convs = device.type == "cpu" and not cfg.compile
-        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-        self.ema = EMA(model, cfg.ema) if cfg.ema else None
-        self.spec = AugmentSpec(cfg.translate, cfg.pad_mode, cfg.flip, cfg.cutout)
         self.per_epoch = steps_per_epoch(len(data.train_y), cfg.batch_size)
         self.total_steps = self.per_epoch * cfg.epochs
         self.step, self.epoch, self.history = 0, 0, []
-        self.best_acc, self.best_state = -1.0, None
-        # seconds spent training (checkpoints and compilation not included; validation passes only with
-        # budget_includes_eval): what --time-budget spends and the schedules follow
-        self.clock = 0.0
-        self.compile_s = 0.0  # one-time cost of compilation and warm-up, measured apart
-        self.target: dict | None = None  # when val accuracy first reached cfg.target_acc
-        self.resumes: list[dict] = []  # each resume: at which epoch and step, and what it changed
-        self.check_every = 1 if device.type == "cpu" else FINITE_CHECK_EVERY
+        self.check_every = divergence.check_every(device)  # steps between divergence checks
+        self.batches = EpochBatches(data.train_x, data.train_y, cfg.batch_size, AugmentSpec(
+            cfg.translate, cfg.pad_mode, cfg.flip, cfg.cutout), Normalize(cfg.normalize, device), cfg.seed, device,
+            cfg.alt_flip, self.rank, self.world)  # batches(epoch): that epoch's, as (seed, epoch) fix them
+        # Frozen from cfg.freeze_early_at on (FreezeOut, Brock et al. 2017): with nothing before them to
+        # train, autograd then skips the backward of the stem and layer1, the largest maps.
+        self.early = early_parameters(model) if cfg.freeze_early_at else []
+        self.ema = EMA(model, cfg.ema) if cfg.ema else None
         self.l2_params = [p for p in model.parameters() if p.requires_grad] if cfg.l2 else []
-        mode = None if cfg.compile_mode == "default" else cfg.compile_mode
-        # DDP (under torchrun) averages the gradients in backward; compiling the DDP module lets dynamo
-        # split the graph at the gradient buckets so communication overlaps the backward pass.
-        self.ddp = distributed.wrap(model, device)
-        # dynamic=False: one static graph per training resolution (progressive resizing) rather than a
-        # slower shape-generic graph after the second shape.
-        self.forward = torch.compile(self.ddp, mode=mode, dynamic=False) if cfg.compile else self.ddp
-        self.estimate = TimeEstimate(self.total_steps, cfg.time_budget, device.type == "cpu", cfg.resolutions, self.log,
-                                     passes_on_clock=cfg.budget_includes_eval)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+        self.ddp = distributed.wrap(model, device)  # under torchrun: averages the gradients in backward
+        self.forward = warmup.compiled(self.ddp, cfg)
+        # oneDNN is slow on tiny maps: as GEMMs, their convolutions run the cpu-fast step 1.4x faster at
+        # 16 and 24 px in bf16 on an AMX Xeon (models/cpu_conv.py); compiled, they stay oneDNN's
+        self.gemm_convs = device.type == "cpu" and not cfg.compile
+        self.card = model_card(cfg, data.meta.fine_names, data.meta.coarse_names, data.meta.fine_to_coarse)
         self.tensorboard = TensorBoard(self.run_dir) if cfg.tensorboard and distributed.is_main() else None
-        self.flip_start = None
-        if cfg.alt_flip:  # which images start mirrored: fixed by the seed, so resumed runs agree
-            g = epoch_generator(cfg.seed, -1, device)
-            self.flip_start = torch.rand(len(data.train_y), device=device, generator=g) < 0.5
 
-    # -- state ----------------------------------------------------------------------------------
-    def progress_state(self) -> dict:
-        return {"step": self.step, "total_steps": self.total_steps, "epoch": self.epoch, "history": self.history,
-                "best_val_acc": self.best_acc if self.best_acc >= 0 else None, "clock_s": self.clock,
-                "compile_s": self.compile_s, "target": self.target, "resumes": self.resumes}
+    # -- the loop -------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        cfg = self.cfg
+        while self.epoch < cfg.epochs and not self.timer.spent():
+            t0 = time.perf_counter()
+            row = self.train_one_epoch()
+            self.epoch += 1
+            last = self.epoch == cfg.epochs or self.timer.spent()
+            val_loss = val_acc = None
+            t1 = time.perf_counter()
+            if self.data.val_y is not None and (last or (cfg.eval_every and self.epoch % cfg.eval_every == 0)):
+                val_loss, val_acc = self.validate(in_budget=cfg.budget_includes_eval and not last)
+            row = {"epoch": self.epoch, **row, "val_loss": val_loss, "val_acc": val_acc,
+                   "epoch_s": time.perf_counter() - t0, "clock_s": self.clock, "eval_s": time.perf_counter() - t1}
+            self.history.append({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
+            self.save(finished=last)
+            self.log(format_row(row))
+            if self.tensorboard:
+                self.tensorboard.epoch(self.history[-1])
+            if self.on_epoch:
+                self.on_epoch(self, self.history[-1])
+        if self.tensorboard:
+            self.tensorboard.close()
+        return self.history[-1] if self.history else {}
 
-    def state(self, finished: bool) -> dict:
-        return checkpoint.training_state(self.cfg.to_dict(), self.model, self.ema.model if self.ema else None,
-                                         self.optimizer, self.scaler, self.data.meta, self.progress_state(),
-                                         finished)
-
-    def restore(self, state: dict) -> None:
-        """Every state of the loop from a checkpoint (the global generator is the caller's: resume())."""
-        p = checkpoint.restore_training(state, self.model, self.ema.model if self.ema else None, self.optimizer,
-                                        self.scaler, str(self.run_dir / "last.pt"))
-        self.step, self.epoch, self.history = p["step"], p["epoch"], p["history"]
-        self.best_acc = p["best_val_acc"] if p["best_val_acc"] is not None else -1.0
-        self.clock, self.target = p["clock_s"], p["target"]
-        self.compile_s += p["compile_s"]
-        self.resumes = p["resumes"]
-
-    def save(self, finished: bool) -> None:
-        if not distributed.is_main():
-            return
-        state = self.state(finished)
+    def train_one_epoch(self, steps: int | None = None) -> dict:
+        """The epoch's steps (its first `steps` only, if given); returns its row of metrics, unvalidated."""
+        cfg = self.cfg
+        self.model.train()
+        tally, res = Tally(self.device), resolution_at(cfg, self.progress())
+        batches = itertools.islice(self.batches(self.epoch), steps)
+        bar = tqdm(batches, total=min(steps or self.per_epoch, self.per_epoch), leave=False, file=sys.stderr,
+                   desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=None if distributed.is_main() else True,
+                   dynamic_ncols=True)
+        self.timer.start()
+        lr = self.optimizer.param_groups[0]["lr"]
+        plan = (augment.MixPlan.draw(cfg.seed, self.epoch, self.per_epoch, cfg.mixup, cfg.cutmix)
+                if cfg.mixup or cfg.cutmix else None)
         try:
-            # best before last: a kill in between leaves last.pt one epoch behind, and replaying that
-            # epoch deterministically rewrites the same best.pt.
-            if self.best_state is not None:
-                best = dict(state, model=self.best_state["model"], ema=self.best_state["ema"],
-                            epoch=self.best_state["epoch"], optimizer=None, scaler=None)
-                checkpoint.save(best, self.run_dir / "best.pt")
-                self.best_state = None  # written; keep no second copy in memory
-            checkpoint.save(state, self.run_dir / "last.pt")
-            write_metrics_csv(self.history, self.run_dir / "metrics.csv")
-        except UserError as e:  # a full disk: every file is whole, the old one or the new one
-            raise UserError(f"{e}; training stopped after epoch {self.epoch}: make room, then continue with "
-                            f"`c100 train --resume {self.run_dir}`") from None
+            for i, (x, y) in enumerate(bar):
+                if self.timer.spent():  # the clock of a GPU step lags (async), by a step or two at most
+                    break
+                res, lr, mixing = self.follow_schedules()
+                x, lam = resize(x, res), 1.0
+                if plan is not None and mixing:
+                    x, lam = augment.mix(x, plan, i)
+                logits, loss = self.train_step(x, y, lam)
+                if self.ema:
+                    self.ema.update(self.model)
+                self.step += 1
+                tally.add(logits, loss, y)
+                if self.step % self.check_every == 0:
+                    self.check_finite(tally.loss_sum, lr)
+                self.timer.tick(self.step)
+        finally:
+            bar.close()
+        self.check_finite(tally.loss_sum, lr, weights=True)  # the steps since the last check, and the weights
+        loss, acc, seen = tally.all_reduced()
+        train_s = self.timer.stop()
+        return {"lr": lr, "res": res, "train_loss": loss, "train_acc": acc, "train_s": train_s,
+                "images_per_s": seen / train_s}
 
-    # -- loop -----------------------------------------------------------------------------------
-    def progress(self) -> float:
-        """Fraction of training done: of the time budget when there is one, else of the steps."""
-        if self.cfg.time_budget:
-            return min(1.0, self.clock / self.cfg.time_budget)
-        return self.step / self.total_steps
-
-    def agree(self, clock: float) -> float:
-        """With a time budget, every process takes the slowest one's clock: all then stop at the same step
-        and follow the same schedules (a process that stopped alone would hang the others)."""
-        return distributed.agree_max(clock) if self.cfg.time_budget else clock
-
-    def budget_spent(self) -> bool:
-        return bool(self.cfg.time_budget) and self.clock >= self.cfg.time_budget
-
-    def set_lr(self) -> float:
-        progress = self.progress() if self.cfg.time_budget else None
-        lr = peak_lr(self.cfg) * lr_factor(self.cfg, self.step, self.total_steps, self.per_epoch, progress)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
-        return lr
-
-    def freeze_early(self) -> None:
-        """Stop training the early parameters once progress reaches cfg.freeze_early_at; it follows the
-        progress, so a resumed run freezes them at the same step as a straight one."""
-        if self.early and self.early[-1].requires_grad and self.progress() >= self.cfg.freeze_early_at:
-            for p in self.early:
-                p.requires_grad_(False)
-
-    def check_finite(self, loss_sum: torch.Tensor, lr: float) -> None:
-        """Stop at once when the loss went NaN or infinite (on every process alike), before a bad step is
-        saved: the last checkpoint stays the last good one."""
-        bad = (~torch.isfinite(loss_sum)).double().reshape(1)
-        if distributed.all_reduce_sum(bad).item():
-            self.diverged("the loss became NaN or infinite", lr)
-
-    def check_weights(self, lr: float) -> None:
-        """The weights and BatchNorm statistics (and their average) are finite: checked before every save."""
-        nets = [self.model] + ([self.ema.model] if self.ema else [])
-        tensors = [t for net in nets for t in net.state_dict().values() if t.is_floating_point()]
-        bad = torch.stack([~torch.isfinite(t).all() for t in tensors]).double().sum().reshape(1)
-        if distributed.all_reduce_sum(bad).item():
-            self.diverged("the weights became NaN or infinite", lr)
-
-    def diverged(self, what: str, lr: float) -> None:
-        cfg, epoch = self.cfg, self.epoch + 1
-        when = f"step {self.step}" if self.check_every == 1 else f"step {self.step} (checked every {self.check_every})"
-        cause = ("the learning rate is too high, or fp16 overflowed (try --precision bf16)"
-                 if cfg.precision == "fp16" else "the learning rate is likely too high")
-        kept = (f"last.pt still holds epoch {self.epoch}" if self.epoch else "no checkpoint was written")
-        raise Diverged(f"training diverged: {what} in epoch {epoch} at {when}, lr {lr:.4g}: {cause}; {kept}: "
-                       f"continue with a lower peak lr, e.g. `c100 train --resume {self.run_dir} --lr "
-                       f"{cfg.lr / 10:g}`")
+    def run_steps(self, n: int) -> dict:
+        """`n` steps (at most an epoch's) as fit() runs them, on the current epoch's first n batches (the same
+        at each call), without validation, checkpoints or an epoch counted: for benchmarks, which read the
+        row's "images_per_s"."""
+        return self.train_one_epoch(steps=n)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, lam: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step at the current lr; returns the logits and the (unpenalised) loss. lam < 1:
@@ -381,139 +345,9 @@ class Trainer:
         self.scaler.update()
         return logits.detach(), loss.detach()
 
-    def batches(self, epoch: int):
-        cfg = self.cfg
-        gen = epoch_generator(cfg.seed, epoch, self.device)
-        mask = augment.alternating_flips(self.flip_start, epoch) if self.flip_start is not None else None
-        return augment.train_batches(self.data.train_x, self.data.train_y, cfg.batch_size, self.spec, self.norm, gen,
-                                     flip_mask=mask, rank=self.rank, world=self.world)
-
-    def warm_up_batches(self):
-        """Batches from epochs no training run uses (-2, -3, ...), as many as asked for: a small
-        training set may have fewer batches per epoch than the warm-up takes."""
-        for epoch in itertools.count(2):
-            yield from self.batches(-epoch)
-
-    def warm_up(self) -> float:
-        """Compile (and record CUDA graphs) before the clock starts: three steps at every training
-        resolution with lr 0, then every state is put back. A compilation that fails falls back to eager
-        mode with a warning (the run trains the same, slower). Returns the seconds it took."""
-        t0 = time.perf_counter()
-        saved_model = copy.deepcopy(self.model.state_dict())
-        saved_opt = copy.deepcopy(self.optimizer.state_dict())
-        for g in self.optimizer.param_groups:
-            g["lr"] = 0.0
-        batches = self.warm_up_batches()
-        try:
-            for res in sorted({int(r) for r in self.cfg.resolutions} or {32}):
-                for _ in range(3):
-                    x, y = next(batches)
-                    self.train_step(resize(x, res), y)
-        except Exception as e:  # noqa: BLE001 - whatever the compiler raised; eager mode shows a real bug anew
-            if is_out_of_memory(e) or self.forward is self.ddp:
-                raise
-            self.run_eager(e)
-        finally:
-            self.model.load_state_dict(saved_model)
-            self.optimizer.load_state_dict(saved_opt)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        seconds = time.perf_counter() - t0
-        self.compile_s += seconds
-        return seconds
-
-    def run_eager(self, error: Exception) -> None:
-        """Train without torch.compile from here on (a compiler missing or failing on this machine)."""
-        self.forward, self.gemm_convs = self.ddp, self.device.type == "cpu"
-        if distributed.is_main():
-            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-            print(f"c100: warning: torch.compile failed ({type(error).__name__}: {reason}); training in eager "
-                  f"mode (the same run, slower); --no-compile skips the attempt", file=sys.stderr, flush=True)
-
-    def out_of_memory(self) -> OutOfMemory:
-        """The one line for a device that ran out of memory: where, at which batch size, and what to try."""
-        cfg, kept = self.cfg, (f"last.pt holds epoch {self.epoch}" if self.epoch else "no checkpoint was written")
-        per = f" ({cfg.batch_size // self.world} per process)" if self.world > 1 else ""
-        return OutOfMemory(f"out of memory on {checkpoint.device_name(self.device)} at batch size {cfg.batch_size}"
-                           f"{per}, in epoch {self.epoch + 1} at step {self.step}; {kept}: start again with a smaller "
-                           f"--batch-size (e.g. {max(1, cfg.batch_size // 2)}), or free the device's memory (other "
-                           f"processes on it) or spread the batch over more processes (torchrun --nproc-per-node N) "
-                           f"and continue with `c100 train --resume {self.run_dir}`")
-
-    def train_one_epoch(self) -> dict:
-        cfg, dev = self.cfg, self.device
-        self.model.train()
-        loss_sum = torch.zeros((), device=dev)
-        correct = torch.zeros((), device=dev, dtype=torch.long)
-        seen, res = 0, resolution_at(cfg, self.progress())
-        bar = tqdm(self.batches(self.epoch), total=self.per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
-                   leave=False, disable=None if distributed.is_main() else True, file=sys.stderr, dynamic_ncols=True)
-        clock0, t0 = self.clock, time.perf_counter()
-        lr = self.optimizer.param_groups[0]["lr"]
-        plan = (augment.MixPlan.draw(cfg.seed, self.epoch, self.per_epoch, cfg.mixup, cfg.cutmix)
-                if cfg.mixup or cfg.cutmix else None)
-        try:
-            for i, (x, y) in enumerate(bar):
-                if self.budget_spent():  # the clock of a GPU step lags (async), by a step or two at most
-                    break
-                res = resolution_at(cfg, self.progress())
-                self.freeze_early()
-                lr = self.set_lr()
-                x, lam = resize(x, res), 1.0
-                if plan is not None and mixing_at(cfg, self.progress()):
-                    x, lam = augment.mix(x, plan, i)
-                # train_acc counts the first image's label of a mixed pair
-                logits, loss = self.train_step(x, y, lam)
-                if self.ema:
-                    self.ema.update(self.model)
-                self.step += 1
-                loss_sum += loss * len(y)
-                correct += (logits.argmax(1) == y).sum()
-                seen += len(y)
-                if self.step % self.check_every == 0:
-                    self.check_finite(loss_sum, lr)
-                self.clock = self.agree(clock0 + time.perf_counter() - t0)
-                self.estimate.after_step(self.step, self.clock)
-        finally:
-            bar.close()
-        self.check_finite(loss_sum, lr)  # the steps since the last check
-        self.check_weights(lr)
-        # over every process's images; .item() (in tolist) waits for the device
-        sums = torch.stack([loss_sum.double(), correct.double(), torch.tensor(seen, device=dev).double()])
-        loss_sum, correct, seen = distributed.all_reduce_sum(sums).tolist()
-        loss_mean, acc = loss_sum / seen, correct / seen
-        train_s = time.perf_counter() - t0
-        self.clock = self.agree(clock0 + train_s)
-        return {"lr": lr, "res": res, "train_loss": loss_mean, "train_acc": acc, "train_s": train_s,
-                "images_per_s": seen / train_s}
-
-    def fit(self) -> dict:
-        cfg = self.cfg
-        while self.epoch < cfg.epochs and not self.budget_spent():
-            t0 = time.perf_counter()
-            row = self.train_one_epoch()
-            self.epoch += 1
-            last = self.epoch == cfg.epochs or self.budget_spent()
-            val_loss = val_acc = None
-            t1 = time.perf_counter()
-            if self.data.val_y is not None and (last or (cfg.eval_every and self.epoch % cfg.eval_every == 0)):
-                val_loss, val_acc = self.validate(in_budget=cfg.budget_includes_eval and not last)
-            row = {"epoch": self.epoch, **row, "val_loss": val_loss, "val_acc": val_acc,
-                   "epoch_s": time.perf_counter() - t0, "clock_s": self.clock, "eval_s": time.perf_counter() - t1}
-            self.history.append({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
-            self.save(finished=last)
-            self.log(format_row(row))
-            if self.tensorboard:
-                self.tensorboard.epoch(self.history[-1])
-            if self.on_epoch:
-                self.on_epoch(self, self.history[-1])
-        if self.tensorboard:
-            self.tensorboard.close()
-        return self.history[-1] if self.history else {}
-
     def validate(self, in_budget: bool = False) -> tuple[float, float]:
-        """Validation loss and accuracy (of the EMA weights when kept); tracks best and target. `in_budget`:
-        the pass's time joins the training clock (before the target's time is read from it)."""
+        """Validation loss and accuracy (of the EMA weights when kept), which the checkpoints judge (best,
+        target). `in_budget`: the pass's time joins the training clock (before the target's time is read)."""
         t0 = time.perf_counter()
         judged = self.ema.model if self.ema else self.model
         distributed.broadcast_buffers(judged)  # one model judged: rank 0's BN statistics everywhere
@@ -522,26 +356,91 @@ class Trainer:
         precision = resolve_precision(self.cfg.eval_precision, self.device)
         model = Model(self.card, judged, device=self.device, precision=precision)
         val_loss, val_acc = evaluate_loss_acc(model, self.data.val_x, self.data.val_y)
-        if in_budget and self.cfg.time_budget:
-            self.clock = self.agree(self.clock + time.perf_counter() - t0)
-        if val_acc > self.best_acc:  # the same all-reduced accuracy on every process
-            self.best_acc = val_acc
-            if distributed.is_main():  # the only one that writes best.pt
-                self.best_state = {"model": _clone(self.model), "epoch": self.epoch,
-                                   "ema": _clone(self.ema.model) if self.ema else None}
-        if self.cfg.target_acc and self.target is None and val_acc >= self.cfg.target_acc:
-            self.target = {"val_acc": val_acc, "epoch": self.epoch, "train_s": round(self.clock, 3)}
-            self.log(f"target {self.cfg.target_acc:.2%} reached: val {val_acc:.2%} at epoch {self.epoch}, "
-                     f"{self.clock:.1f} s of training")
+        if in_budget:
+            self.timer.add(time.perf_counter() - t0)
+        self.checkpoints.judge(val_acc, self.epoch, self.model, self.ema.model if self.ema else None, self.clock)
         return val_loss, val_acc
+
+    # -- the loop's helpers ---------------------------------------------------------------------
+    def progress(self) -> float:
+        """Fraction of training done: of the time budget when there is one, else of the steps."""
+        return self.timer.fraction() if self.cfg.time_budget else self.step / self.total_steps
+
+    def follow_schedules(self) -> tuple[int, float, bool]:
+        """This step's resolution, lr (set in the optimizer) and whether MixUp/CutMix apply, from the progress
+        (schedule.py); the early layers freeze once it reaches freeze_early_at: a resumed run freezes them at
+        the same step as a straight one."""
+        cfg, progress = self.cfg, self.progress()
+        if self.early and self.early[-1].requires_grad and progress >= cfg.freeze_early_at:
+            for p in self.early:
+                p.requires_grad_(False)
+        lr = peak_lr(cfg) * lr_factor(cfg, self.step, self.total_steps, self.per_epoch,
+                                      progress if cfg.time_budget else None)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        return resolution_at(cfg, progress), lr, mixing_at(cfg, progress)
+
+    def check_finite(self, loss_sum: torch.Tensor, lr: float, weights: bool = False) -> None:
+        """The divergence guard (divergence.py): stop when the loss (with `weights`: also the weights, their
+        average and the BatchNorm statistics, checked before every save) became NaN or infinite."""
+        nets = [self.model] + ([self.ema.model] if self.ema else []) if weights else []
+        divergence.check(loss_sum, nets, lambda what: divergence.diverged(
+            what, self.cfg, self.run_dir, self.epoch, self.step, lr, self.check_every))
+
+    # -- compilation (warmup.py) -------------------------------------------------------------------
+    def warm_up(self) -> float:
+        """Compile before the clock starts, leaving no trace; returns the seconds it took."""
+        return warmup.warm_up(self)
+
+    def warm_up_batches(self):
+        return warmup.spare_batches(self.batches)
+
+    def run_eager(self, error: Exception) -> None:
+        """Train without torch.compile from here on (a compiler missing or failing on this machine)."""
+        self.forward, self.gemm_convs = self.ddp, self.device.type == "cpu"
+        if distributed.is_main():
+            warmup.warn_eager(error)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def save(self, finished: bool) -> None:
+        if distributed.is_main():
+            self.checkpoints.save(self.state(finished), self.history)
+
+    def state(self, finished: bool) -> dict:
+        progress = {"step": self.step, "total_steps": self.total_steps, "epoch": self.epoch,
+                    "history": self.history, **self.timer.state(), **self.checkpoints.state()}
+        return training_state(self.cfg.to_dict(), self.model, self.ema.model if self.ema else None, self.optimizer,
+                              self.scaler, self.data.meta, progress, finished)
+
+    def restore(self, state: dict) -> None:
+        """Every state of the loop from a checkpoint (the global generator is the caller's: resume())."""
+        p = restore_training(state, self.model, self.ema.model if self.ema else None, self.optimizer, self.scaler,
+                             str(self.run_dir / "last.pt"))
+        self.step, self.epoch, self.history = p["step"], p["epoch"], p["history"]
+        self.timer.restore(p)
+        self.checkpoints.restore(p)
+
+    # -- what the parts keep, as the loop's own --------------------------------------------------
+    clock = property(lambda self: self.timer.seconds, doc="seconds on the training clock")
+    compile_s = property(lambda self: self.timer.compile_s, doc="seconds of compilation and warm-up")
+    best_acc = property(lambda self: self.checkpoints.best_acc, doc="the best validation accuracy so far")
+    target = property(lambda self: self.checkpoints.target, doc="when the target accuracy was first reached")
+
+
+def out_of_memory(trainer: Trainer) -> OutOfMemory:
+    """The one line for a device that ran out of memory: where, at which batch size, and what to try."""
+    cfg, epoch, world = trainer.cfg, trainer.epoch, trainer.world
+    kept = f"last.pt holds epoch {epoch}" if epoch else "no checkpoint was written"
+    per = f" ({cfg.batch_size // world} per process)" if world > 1 else ""
+    return OutOfMemory(f"out of memory on {device_name(trainer.device)} at batch size {cfg.batch_size}{per}, in "
+                       f"epoch {epoch + 1} at step {trainer.step}; {kept}: start again with a smaller --batch-size "
+                       f"(e.g. {max(1, cfg.batch_size // 2)}), or free the device's memory (other processes on it) "
+                       f"or spread the batch over more processes (torchrun --nproc-per-node N) and continue with "
+                       f"`c100 train --resume {trainer.run_dir}`")
 
 
 def _quiet(*_) -> None:
     pass
-
-
-def _clone(model: nn.Module) -> dict:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def format_row(r: dict) -> str:
@@ -553,12 +452,17 @@ def format_row(r: dict) -> str:
 
 def build_trainer(cfg: TrainConfig, run_dir: Path | str, log=print, on_epoch=None, init: bool = True) -> Trainer:
     """A Trainer with its parts made from `cfg`: device, data on the device, model (see build_model's
-    `init`), optimizer."""
+    `init`), optimizer, clock and checkpoints."""
     cfg, device = prepare(cfg)
     with distributed.main_first():  # rank 0 downloads (if need be); the others then find the files
         tensors = load_data(cfg, device)
     model = build_model(cfg, device, tensors.train_x, init)
-    return Trainer(cfg, Path(run_dir), model, build_optimizer(cfg, model), tensors, device, log, on_epoch)
+    log = log if distributed.is_main() else _quiet
+    steps = steps_per_epoch(len(tensors.train_y), cfg.batch_size) * cfg.epochs
+    estimate = TimeEstimate(steps, cfg.time_budget, device.type == "cpu", cfg.resolutions, log,
+                            passes_on_clock=cfg.budget_includes_eval)
+    return Trainer(cfg, Path(run_dir), model, build_optimizer(cfg, model), tensors, device,
+                   Clock(cfg.time_budget, estimate), Checkpoints(run_dir, cfg.target_acc, log), log, on_epoch)
 
 
 def train(cfg: TrainConfig, run_dir: Path | str, log=print, on_epoch=None) -> Trainer:
@@ -568,10 +472,10 @@ def train(cfg: TrainConfig, run_dir: Path | str, log=print, on_epoch=None) -> Tr
         trainer = build_trainer(cfg, run_dir, log, on_epoch)  # loads data first: a bad data dir leaves no folder
         if distributed.is_main():
             save_yaml(trainer.cfg.to_dict(), run_dir / "config.yaml")
-            env = dict(checkpoint.environment(trainer.device), processes=trainer.world)
-            checkpoint.atomic_write_json(run_dir / "env.json", env)
+            env = dict(environment(trainer.device), processes=trainer.world)
+            atomic_write_json(run_dir / "env.json", env)
         length = f"{cfg.time_budget:g} s (at most {cfg.epochs} epochs)" if cfg.time_budget else f"{cfg.epochs} epochs"
-        where = checkpoint.device_name(trainer.device) + (f" x {trainer.world} processes" if trainer.world > 1 else "")
+        where = device_name(trainer.device) + (f" x {trainer.world} processes" if trainer.world > 1 else "")
         lr = (f", peak lr {peak_lr(cfg):g} (scaled from {cfg.lr:g} at batch {cfg.lr_ref_batch})"
               if cfg.lr_ref_batch else "")
         trainer.log(f"training {cfg.model} for {length} on {where}{lr} -> {run_dir}")
@@ -591,11 +495,11 @@ def _run(trainer: Trainer) -> None:
         except Exception as e:
             if not is_out_of_memory(e):
                 raise
-            raise trainer.out_of_memory() from None
+            raise out_of_memory(trainer) from None
 
 
-# where to run and what to log, not what to train
-RESUMABLE = ("device", "threads", "data_dir", "download", "check_size", "tensorboard")
+# where to run and what to log, not what to train (the config's "run" group)
+RESUMABLE = keys("run")
 # what to train, changed on purpose to rescue a run (a lower --lr after it diverged); the run records it
 ADJUSTABLE = ("lr",)
 
@@ -608,7 +512,7 @@ def resume_point(run_dir: Path | str, overrides: dict | None = None) -> tuple[Tr
     last = run_dir / "last.pt"
     if last.is_file():
         state = checkpoint.load(last)
-        checkpoint.check_training_state(state, str(last))
+        check_training_state(state, str(last))
         if state.get("finished"):
             raise UserError(f"run {run_dir} already finished all {state['epoch']} epochs; nothing to resume "
                             f"(start a new run with another --out)")
@@ -651,19 +555,19 @@ def resume_from(run_dir: Path | str, cfg: TrainConfig, state: dict | None, log=p
 def _resume(run_dir: Path, cfg: TrainConfig, state: dict | None, log) -> Trainer:
     trainer = build_trainer(cfg, run_dir, log, init=state is None)  # a checkpoint holds the weights
     if distributed.is_main():  # the only writer of the folder
-        for p in checkpoint.remove_stale_temps(run_dir):
+        for p in remove_stale_temps(run_dir):
             trainer.log(f"removed {p.name}, left by a write that was interrupted")
     if state is None:
         before = read_yaml(run_dir / "config.yaml", "run config")
         trainer.log(f"{run_dir} has no checkpoint yet (it stopped in its first epoch): training it from the start")
     else:
         trainer.restore(state)
-        checkpoint.restore_rng(state, str(run_dir / "last.pt"))  # the global generators as they were when saved
+        restore_rng(state, str(run_dir / "last.pt"))  # the global generators as they were when saved
         before = state["config"]
     changed = {k: [before.get(k), getattr(trainer.cfg, k)] for k in ADJUSTABLE
                if before.get(k) != getattr(trainer.cfg, k)}
-    trainer.resumes.append({"epoch": trainer.epoch, "step": trainer.step, "clock_s": round(trainer.clock, 3),
-                            **({"changed": changed} if changed else {})})
+    resume = {"epoch": trainer.epoch, "step": trainer.step, "clock_s": round(trainer.clock, 3)}
+    trainer.checkpoints.resumes.append({**resume, **({"changed": changed} if changed else {})})
     note = "".join(f", {k} {a} -> {b} from here on" for k, (a, b) in changed.items())
     if changed and distributed.is_main():
         _record_changes(trainer)
@@ -676,5 +580,5 @@ def _record_changes(trainer: Trainer) -> None:
     """config.yaml says the config the run trains with now, headed by what changed on which resume."""
     notes = "".join(f"# changed on resume at epoch {r['epoch']} (step {r['step']}): "
                     + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in r["changed"].items()) + "\n"
-                    for r in trainer.resumes if r.get("changed"))
+                    for r in trainer.checkpoints.resumes if r.get("changed"))
     save_yaml(trainer.cfg.to_dict(), trainer.run_dir / "config.yaml", header=notes)

@@ -26,10 +26,7 @@ PARAM_KEYS = {"float": {"low", "high", "log", "step"}, "int": {"low", "high", "l
 NOT_SEARCHABLE = {
     "seed": "it changes the validation split, so trials would be scored on different images",
     "val_size": "it changes the validation split, so trials would be scored on different images",
-    "data_dir": "it says where the data is, not how to train",
-    "download": "it says where the data is, not how to train",
-    "device": "it says where to run, not how to train",
-    "threads": "it says where to run, not how to train",
+    **{key: "it says where to run, not how to train" for key in config.keys("run")},
 }
 
 
