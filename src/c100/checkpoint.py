@@ -15,10 +15,13 @@ import warnings
 import zipfile
 from pathlib import Path
 
+import numpy
 import torch
 import torch.nn as nn
 
+import c100
 from c100 import UserError
+from c100.models import list_models
 
 FORMAT_VERSION = 1
 _UMASK = os.umask(0)
@@ -218,8 +221,6 @@ def _shape(t: torch.Tensor) -> str:
 def check_card(card: dict, source: str) -> None:
     """A model card (an export's sidecar, or what a checkpoint says of itself) names a registered
     architecture and as many class names and superclass indices as it has classes."""
-    from c100.models import list_models
-
     def bad(what: str):
         raise UserError(f"{source}: {what}; export the model again (or fix the file)")
 
@@ -382,10 +383,6 @@ def device_name(device: torch.device) -> str:
 
 
 def environment(device: torch.device) -> dict:
-    import numpy
-
-    import c100
-
     return {
         "c100": c100.__version__,
         "git": git_revision(),

@@ -27,9 +27,10 @@ from tqdm import tqdm
 
 from c100 import UserError, augment, checkpoint, data, distributed, lock
 from c100.augment import AugmentSpec, Normalize, epoch_generator, resize, steps_per_epoch
+from c100.card import model_card
 from c100.config import TrainConfig, apply, from_dict, read_yaml, save_yaml
 from c100.device import autocast, resolve_precision, select_device
-from c100.inference import Model, model_card
+from c100.inference import Model, load
 from c100.models import create_model
 from c100.models.cpu_conv import small_map_gemm
 from c100.models.resnet import early_parameters
@@ -140,8 +141,6 @@ def init_weights(model: nn.Module, cfg: TrainConfig) -> None:
     """Copy the weights of the trained model `cfg.init_from` into `model` (on any device, in place), once
     it is checked to be of the same architecture and to have held out the same validation images: a
     source that trained on this run's validation images would make its validation accuracy a lie."""
-    from c100.inference import load
-
     try:
         source = load(cfg.init_from, device="cpu", backend="torch")
     except UserError as e:
