@@ -1,5 +1,6 @@
-"""Model registry: `@register` a builder, `create_model(name)` builds it (as timm does). Its own module so
-that the architectures import it without importing the package that imports them (no cycle)."""
+"""Model registry: `@register` a builder, `create_model(name)` builds it (as timm does). Its own module, so
+that the architectures take `register` from a module that imports none of them (the package's __init__
+imports them all: a cycle while they took it from there)."""
 
 from __future__ import annotations
 
