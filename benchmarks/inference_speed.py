@@ -27,8 +27,8 @@ from throughput import benchmark_trainer
 
 import c100
 from c100 import checkpoint
+from c100.backends import BACKENDS, cached, runnable
 from c100.device import cpu_has_native_bf16
-from c100.quantize import BACKENDS, cached, runnable
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,9 +17,11 @@ import torch
 from provenance import provenance  # benchmarks/ is on sys.path when a script there runs
 
 from c100 import checkpoint
+from c100.backends import onnx_fp32
+from c100.card import sidecar_path
 from c100.evaluate import evaluate
-from c100.inference import load, packaged_weights, sidecar_path
-from c100.quantize import VNNI_FLAGS, calibration_batches, calibration_images, edge_nodes, onnx_fp32, write_int8
+from c100.inference import load, packaged_weights
+from c100.quantize import VNNI_FLAGS, calibration_batches, calibration_images, edge_nodes, write_int8
 
 
 def main() -> int:

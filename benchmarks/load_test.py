@@ -89,8 +89,8 @@ def backend_used(weights: str, backend: str) -> str:
     """What `auto` resolves to for this model on this CPU (what the server process ran)."""
     if backend != "auto":
         return backend
+    from c100.backends import choose
     from c100.inference import resolve_source
-    from c100.quantize import choose
 
     path = resolve_source(weights)
     return "onnx" if path.suffix == ".onnx" else choose(path)

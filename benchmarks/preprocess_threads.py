@@ -22,7 +22,7 @@ from provenance import provenance
 
 import c100.inference as inference
 from c100 import UserError, checkpoint
-from c100.quantize import runnable
+from c100.backends import runnable
 
 
 def main() -> int:

@@ -18,9 +18,10 @@ import tempfile
 from pathlib import Path
 
 from c100 import UserError, checkpoint
+from c100.card import load_sidecar
 from c100.evaluate import evaluate
 from c100.export import export
-from c100.inference import load_sidecar, packaged_weights
+from c100.inference import packaged_weights
 
 MARGIN = 0.03  # test top-1, as a fraction: the rule's 3 points
 

@@ -17,9 +17,10 @@ import torch
 from provenance import provenance  # benchmarks/ is on sys.path when a script there runs
 
 from c100 import checkpoint
+from c100.card import load_sidecar
 from c100.evaluate import evaluate
 from c100.export import export
-from c100.inference import load_sidecar, packaged_weights
+from c100.inference import packaged_weights
 
 
 def main() -> int:

@@ -10,11 +10,12 @@ from PIL import Image
 
 from c100 import UserError
 from c100.augment import Normalize, resize
+from c100.card import load_sidecar
 from c100.cli import main
 from c100.config import resolve
 from c100.evaluate import evaluate, load_eval_split, metrics
 from c100.export import export
-from c100.inference import load, load_sidecar
+from c100.inference import load
 from c100.train import train
 from conftest import tiny_cfg
 

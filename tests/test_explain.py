@@ -12,10 +12,11 @@ from PIL import Image
 
 import c100
 from c100 import UserError
+from c100.card import model_card
 from c100.cli import main
 from c100.config import resolve
 from c100.export import export
-from c100.inference import Model, model_card, one_torch_thread
+from c100.inference import Model, one_torch_thread
 from c100.serve import create_app, serve_in_thread
 
 COLOURS = np.array([(230, 30, 30), (30, 200, 30), (30, 30, 230), (230, 230, 30)])  # the class is the patch's colour

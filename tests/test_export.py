@@ -6,9 +6,12 @@ import torch
 from PIL import Image
 
 from c100 import UserError
+from c100.card import load_sidecar
 from c100.cli import main
 from c100.export import export
-from c100.inference import OnnxSession, load, load_safetensors, load_sidecar
+from c100.inference import load
+from c100.networks import load_safetensors
+from c100.runtimes import OnnxSession
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is in the test extra: pip install -e '.[test]'")
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, features
 
-from c100.predict import decode_image
+from c100.images import decode_image
 
 # Pillow warns about the corrupt files it still reads (bad EXIF, tags past the end): expected here
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:PIL")

@@ -9,9 +9,11 @@ from PIL import Image
 
 import c100
 from c100 import UserError
+from c100.card import model_card
 from c100.cli import main
 from c100.export import export
-from c100.inference import Model, as_batch, model_card, one_torch_thread
+from c100.images import as_batch
+from c100.inference import Model, one_torch_thread
 from c100.models import create_model
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is in the test extra: pip install -e '.[test]'")
@@ -226,3 +228,40 @@ def _card(arch="resnet18", **cfg):
 
     return model_card(resolve("default", None, {"model": arch, **cfg}), [f"c{i}" for i in range(100)],
                       [f"s{i}" for i in range(20)], [i % 20 for i in range(100)])
+
+
+def test_the_card_says_how_to_run_the_model(tiny_run, exports, tmp_path):
+    """Evaluation batch, layout and TTA come from the card's "inference" section (timm's pretrained config
+    does the same); a card without one (the shipped model's) falls back to its training config."""
+    def settings(m: Model) -> tuple:
+        return m.batch_size, m.channels_last, m.tta
+
+    module = create_model("tiny-net").eval()
+    card = _card(arch="tiny-net", eval_batch_size=37, channels_last=False, tta=True)
+    assert card["inference"] == {"batch_size": 37, "channels_last": False, "tta": True}
+    card["trained"]["config"].update(eval_batch_size=5, channels_last=True, tta=False)  # the card wins
+    assert settings(Model(card, module, device="cpu")) == (37, False, True)
+    old = {k: v for k, v in card.items() if k != "inference"}  # a card written before the section: the config's
+    assert settings(Model(old, module, device="cpu")) == (5, True, False)
+    shipped = c100.load("default", backend="torch")
+    assert "inference" not in shipped.card and settings(shipped) == (100, True, False)
+    sidecar = json.loads(exports[0].with_name(exports[0].name + ".json").read_text())
+    assert sidecar["inference"] == c100.load(tiny_run).card["inference"]
+    for bad, what in [({"batch_size": 0}, "batch_size' must be a positive whole number"),
+                      ({"tta": "yes"}, "tta' must be true or false"), ([100], "'inference' must be a mapping")]:
+        with pytest.raises(UserError, match=what):
+            Model(dict(card, inference=bad), module, source=tmp_path / "m.safetensors")
+
+
+def test_one_keyword_names_the_checkpoint():
+    """`checkpoint` (last or best) in every public function that takes a model source, never `which` or
+    `checkpoint_name` (the CLI's --checkpoint)."""
+    import inspect
+
+    from c100 import evaluate, export, inference, quantize, report
+
+    for fn in (inference.load, inference.resolve_source, evaluate.evaluate, evaluate.load_predictions, export.export,
+               quantize.quantize, report.build_report):
+        params = inspect.signature(fn).parameters
+        assert "checkpoint" in params and params["checkpoint"].default == "last", fn.__qualname__
+        assert not {"which", "checkpoint_name"} & set(params), fn.__qualname__

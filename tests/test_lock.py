@@ -18,8 +18,9 @@ import pytest
 import yaml
 
 from c100 import checkpoint, lock
+from c100.backends import cached, onnx_fp32
 from c100.cli import main
-from c100.quantize import cached, onnx_fp32, quantize
+from c100.quantize import quantize
 from test_faults import WAIT_S, _config_file, _env, _kill_at, _resume_here
 
 HERE = Path(__file__).resolve().parent

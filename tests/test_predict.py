@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from c100.cli import main
-from c100.predict import load_image
+from c100.images import load_image
 
 
 def _huge_png(path, w=100_000, h=100_000):

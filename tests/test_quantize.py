@@ -12,17 +12,9 @@ pytest.importorskip("onnxruntime", reason="onnxruntime is in the test extra: pip
 
 import c100  # noqa: E402
 from c100 import UserError  # noqa: E402
+from c100.backends import cached, choose, fastest, onnx_fp32  # noqa: E402
 from c100.cli import main  # noqa: E402
-from c100.quantize import (  # noqa: E402
-    cached,
-    calibration_batches,
-    choose,
-    fastest,
-    interleaved_speeds,
-    onnx_fp32,
-    quantize,
-    write_int8,
-)
+from c100.quantize import calibration_batches, interleaved_speeds, quantize, write_int8  # noqa: E402
 
 
 @pytest.fixture

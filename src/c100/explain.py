@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from c100.analysis import confident_mistakes
 from c100.mosaic import INK, PAPER, font, pretty, save_png
 from c100.predict import read_files
 
@@ -108,8 +109,6 @@ def unique_name(stem: str, taken: set[str]) -> str:
 def mistakes_picture(model, p, n: int = 6, scale: int = 4) -> Image.Image:
     """The n most confident mistakes of predictions `p` (evaluate.Predictions of `model`), one row each: the
     image, the heat map of the class the model said and the map of the class it is."""
-    from c100.analysis import confident_mistakes
-
     idx = confident_mistakes(p, n)
     if not len(idx):
         return captioned([(Image.new("RGB", (32 * scale, 32 * scale), PAPER), "no mistakes")])

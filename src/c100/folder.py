@@ -1,6 +1,6 @@
 """A labelled folder of your own images: DIR/CLASS_NAME/*.jpg, one sub-folder per CIFAR-100 fine class,
 read into the same arrays as a CIFAR split so that `evaluate`, `analyze` and `mosaic` measure it as they
-measure the test set. Each file is decoded as `c100 predict` decodes it (predict.load_image: any format
+measure the test set. Each file is decoded as `c100 predict` decodes it (images.load_image: any format
 Pillow reads, centre square, downscaled to 32 x 32); a file that cannot be read is reported and left out,
 never fatal."""
 
@@ -14,7 +14,7 @@ import numpy as np
 
 from c100 import UserError
 from c100.data import Meta, Split
-from c100.predict import IMAGE_SUFFIXES, load_image
+from c100.images import IMAGE_SUFFIXES, load_image
 
 
 @dataclass

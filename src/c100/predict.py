@@ -1,23 +1,16 @@
-"""Predict labels for image files: any image Pillow reads becomes the 32x32 RGB input the model was
-trained on (EXIF rotation applied, alpha composited on white, 16-bit and palette images converted,
-centre square cropped, then downscaled with an antialiasing filter)."""
+"""`c100 predict`: labels for image files and folders of them, batch by batch, with a one-line error for each
+file that cannot be read (decoding: images.py)."""
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
 from c100 import UserError
-
-if TYPE_CHECKING:
-    from c100.inference import Model
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm"}
-MAX_PIXELS = 64_000_000  # larger images are refused before decoding (a 64-megapixel photo is plenty)
+from c100.images import IMAGE_SUFFIXES, load_image
+from c100.inference import Model
 
 
 @dataclass
@@ -25,69 +18,6 @@ class Result:
     file: str
     top: list[dict] = field(default_factory=list)  # [{"label", "superclass", "prob"}], best first
     error: str | None = None
-
-
-def to_rgb(img):
-    """Any Pillow mode -> 8-bit RGB. Alpha is composited on white; 16/32-bit gray is rescaled."""
-    from PIL import Image
-
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "RGB" and "transparency" in img.info):
-        img = img.convert("RGBA")
-        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, img)
-    return img.convert("RGB")
-
-
-def load_image(path: Path, size: int = 32) -> np.ndarray:
-    """Read one file into a 3 x size x size uint8 array, or raise ValueError with a one-line reason."""
-    if not path.is_file():
-        raise ValueError("no such file")
-    if path.stat().st_size == 0:
-        raise ValueError("empty file")
-    return decode_image(path, size)
-
-
-def decode_image(source: Path | BinaryIO, size: int = 32) -> np.ndarray:
-    """load_image for a path or an open binary stream (an upload)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as img:
-                w, h = img.size
-                if w * h > MAX_PIXELS:
-                    raise ValueError(f"image too large: {w}x{h} pixels is over the "
-                                     f"{MAX_PIXELS // 1_000_000}-megapixel limit; downscale it first")
-                img.draft("RGB", (size * 4, size * 4))  # JPEG: decode at a reduced scale, much faster
-                img = ImageOps.exif_transpose(img)
-                img = to_rgb(img)
-    except UnidentifiedImageError:
-        raise ValueError("not an image Pillow can read (wrong extension or not an image file)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ValueError(f"image too large: over Pillow's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} "
-                         f"pixels; downscale it first") from None
-    except (OSError, SyntaxError) as e:
-        raise ValueError(f"truncated or corrupt image ({str(e).splitlines()[0][:80]})") from None
-    return square_array(img, size)
-
-
-def square_array(img, size: int = 32) -> np.ndarray:
-    """An RGB Pillow image -> its centre square, downscaled (antialiased) to 3 x size x size uint8.
-    Centre square: CIFAR images are square, and stretching would distort objects."""
-    from PIL import Image
-
-    img = to_rgb(img)
-    side = min(img.size)
-    left, top = (img.width - side) // 2, (img.height - side) // 2
-    img = img.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.LANCZOS)
-    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
 
 
 def expand_inputs(inputs: list[str], recursive: bool = False) -> list[Path]:

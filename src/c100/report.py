@@ -25,7 +25,7 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def build_report(run: str | Path, split: str = "test", which: str = "last", data_dir: str | None = None,
+def build_report(run: str | Path, split: str = "test", checkpoint: str = "last", data_dir: str | None = None,
                  device: str = "auto", images: str | Path | None = None) -> tuple[Path, Path]:
     run = Path(run)
     if not (run / "config.yaml").is_file():
@@ -33,12 +33,12 @@ def build_report(run: str | Path, split: str = "test", which: str = "last", data
     out = run / "report"
     out.mkdir(exist_ok=True)
     curves = plot_curves(run, out / "curves")[0]
-    p = load_predictions(run, split, which, data_dir, device, images)
+    p = load_predictions(run, split, checkpoint, data_dir, device, images)
     split = f"{images} images" if images else split
     summary = analyze(p, out)
     mosaic = draw_mosaic(p, list(range(min(20, len(p.meta.fine_names)))), per_row=16, scale=1)
     thumb = save_png(mosaic, out / "mosaic_thumbnail.png")
-    why = save_png(mistakes_picture(load(run, which, device, backend="torch"), p), out / "mistakes_explained.png")
+    why = save_png(mistakes_picture(load(run, checkpoint, device, backend="torch"), p), out / "mistakes_explained.png")
     r = p.result
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     env = _read_json(run / "env.json")

@@ -41,9 +41,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from c100 import UserError
+from c100 import UserError, data
 from c100.batching import MicroBatcher
-from c100.predict import decode_image
+from c100.explain import overlay, png_data_uri
+from c100.images import decode_image
 
 HEAD_TIMEOUT = 10.0  # s for the request line and headers: browsers send them in one packet
 BODY_TIMEOUT = 30.0  # s for the whole upload: 10 MB in 30 s needs ~2.7 Mbit/s
@@ -60,8 +61,6 @@ def gallery(data_dir: str | None, n: int = 24, seed: int = 0) -> list[dict]:
     """n test images as PNG data URIs, or none when the data set is not at hand."""
     if not data_dir:
         return []
-    from c100 import data
-
     try:
         splits, meta = data.load(data_dir, download_ok=False, splits=("test",), check_size=False)
     except UserError:
@@ -81,8 +80,6 @@ def gallery(data_dir: str | None, n: int = 24, seed: int = 0) -> list[dict]:
 
 def heat_map(model, image: np.ndarray, label: str) -> str:
     """The image under the heat map of the evidence for `label` (explain.py), as a PNG data URI."""
-    from c100.explain import overlay, png_data_uri
-
     answer = model.explain(image, targets=[[model.classes.index(label)]])[0]
     return png_data_uri(overlay(image, answer["map"], scale=5))
 

@@ -30,13 +30,14 @@ from tqdm import tqdm
 from c100 import UserError, augment, checkpoint, data, distributed, divergence, lock, warmup
 from c100.atomic import atomic_write_json, remove_stale_temps
 from c100.augment import AugmentSpec, EpochBatches, Normalize, resize, steps_per_epoch
+from c100.card import model_card
 from c100.checkpointing import Checkpoints
 from c100.clock import Clock
 from c100.config import TrainConfig, apply, from_dict, keys, read_yaml, save_yaml
 from c100.device import OutOfMemoryError as _OOM  # noqa: F401 - the tests raise it as a GPU does
 from c100.device import autocast, is_out_of_memory, resolve_precision, select_device
 from c100.divergence import Diverged  # noqa: F401 - raised by the loop; callers catch it as c100.train.Diverged
-from c100.inference import Model, load, model_card
+from c100.inference import Model, load
 from c100.machine import device_name, environment
 from c100.models import create_model
 from c100.models.cpu_conv import small_map_gemm

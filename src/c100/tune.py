@@ -19,6 +19,7 @@ import yaml
 
 from c100 import UserError, config, lock
 from c100.checkpoint import atomic_write_text
+from c100.train import Diverged, setup_process, train
 
 STUDY_NAME = "c100"  # fixed, so that the same --study-dir always reopens the same study
 PARAM_KEYS = {"float": {"low", "high", "log", "step"}, "int": {"low", "high", "log", "step"},
@@ -244,8 +245,6 @@ def make_objective(space: Space, study_dir: Path, where: dict, log):
     after the last epoch, not the best epoch: the max over epochs is an optimistic pick on noisy
     numbers, and the last epoch is what `c100 train --config best.yaml` delivers."""
     import optuna
-
-    from c100.train import Diverged, setup_process, train
 
     def objective(trial) -> float:
         values = suggest(trial, space.params)

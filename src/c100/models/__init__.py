@@ -1,34 +1,7 @@
-"""Model registry: `@register` a builder, `create_model(name)` builds it (as timm does)."""
+"""The networks: `create_model(name)` builds a registered one (registry.py); importing the architecture
+modules registers their builders."""
 
-from __future__ import annotations
+from c100.models import resnet, seed, vgg  # noqa: F401
+from c100.models.registry import count_parameters, create_model, list_models, register
 
-from collections.abc import Callable
-
-import torch.nn as nn
-
-from c100 import UserError
-
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    _REGISTRY[fn.__name__.replace("_", "-")] = fn
-    return fn
-
-
-def list_models() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def create_model(name: str, num_classes: int = 100) -> nn.Module:
-    if name not in _REGISTRY:
-        raise UserError(f"unknown model '{name}'; choose one of: {', '.join(list_models())}")
-    return _REGISTRY[name](num_classes=num_classes)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-# Importing the modules registers their builders.
-from c100.models import resnet, seed, vgg  # noqa: E402, F401
+__all__ = ["count_parameters", "create_model", "list_models", "register"]

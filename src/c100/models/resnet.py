@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from c100 import UserError
-from c100.models import register
+from c100.models.registry import register
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from c100.models import register
+from c100.models.registry import register
 
 
 def same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
