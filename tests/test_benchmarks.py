@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def script(name: str):
     """benchmarks/NAME.py imported as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(Path(name).name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -239,13 +239,13 @@ def test_ship_weights_applies_the_rule(cifar_dir, tmp_path):
 
 
 def test_dead_units_finds_a_dead_last_layer(tiny_run):
-    """benchmarks/dead_units.py: a live network has live channels and image-dependent logits; with the
+    """benchmarks/archive/dead_units.py: a live network has live channels and image-dependent logits; with the
     last convolution's bias pushed far below zero its ReLU is dead on every image and the answer is one class."""
     import torch
 
     import c100
 
-    dead_units = script("dead_units")
+    dead_units = script("archive/dead_units")
     images = np.random.default_rng(0).integers(0, 256, (20, 3, 32, 32), dtype=np.uint8)
     shares, logits = dead_units.dead_channel_shares(c100.load(tiny_run, backend="torch"), images)
     assert len(shares) == 2 and list(shares.values())[-1][1] < 1 and float(logits.std(0).mean()) > 0

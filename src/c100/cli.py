@@ -419,8 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--space", default="default", help="search-space YAML file, or a packaged one [default]")
     tu.add_argument("--trials", type=int, default=20,
                     help="finished (completed + pruned) trials to reach; earlier runs of the study count [20]")
-    tu.add_argument("--study-dir", metavar="DIR", help="folder: study.db, trial-NNNN/ runs and results (default runs/tune-SPACE); "
-                    "the same folder again resumes the search")
+    tu.add_argument("--study-dir", metavar="DIR",
+                    help="folder: study.db, trial-NNNN/ runs and results (default runs/tune-SPACE); the same folder "
+                         "again resumes the search")
     tu.add_argument("--pruner", choices=["median", "halving", "none"], default="median",
                     help="stop poor trials early: median of earlier trials, successive halving, or never [median]")
     tu.add_argument("--sampler-seed", type=int, default=0, metavar="N",
