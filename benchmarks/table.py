@@ -101,11 +101,14 @@ def _link(file: str, text: str | None = None) -> str:
 
 
 def command(r: dict, key: str = "command") -> str:
-    """A result's command as it can be pasted today: a script since archived run from its new place."""
-    if not ARCHIVED:
-        return r[key]
-    moved = r"python benchmarks/(" + "|".join(ARCHIVED) + r")\.py\b"
-    return re.sub(moved, r"PYTHONPATH=benchmarks python benchmarks/archive/\1.py", r[key])
+    """A result's command, as code, as it can be pasted today: a script since archived run from its new
+    place; one since deleted said so."""
+    text = r[key]
+    if ARCHIVED:
+        moved = r"python benchmarks/(" + "|".join(ARCHIVED) + r")\.py\b"
+        text = re.sub(moved, r"PYTHONPATH=benchmarks python benchmarks/archive/\1.py", text)
+    gone = [s for s in re.findall(r"benchmarks/[a-z0-9_/]+\.(?:py|sh)", text) if not (ROOT / s).is_file()]
+    return f"`{text}`" + (f" ({', '.join(gone)}: deleted since, in git history)" if gone else "")
 
 
 def _pct(mean, std, n) -> str:
@@ -141,7 +144,7 @@ def accuracy_table(results: list[dict]) -> str:
         lines.append(f"| {_link(r['_file'], r['benchmark'])} ({r['preset']}, {_length(r)}{note}) | {r['device']} | "
                      f"{wall / 60:.1f} min | "
                      f"{compile_s} | {_pct(r['test_top1_mean'], r['test_top1_std'], len(r['seeds']))} | "
-                     f"{_target(r)} | `{command(r, 'reproduce' if 'reproduce' in r else 'command')}` |")
+                     f"{_target(r)} | {command(r, 'reproduce' if 'reproduce' in r else 'command')} |")
     return "\n".join(lines)
 
 
@@ -157,14 +160,14 @@ def selection_table(results: list[dict]) -> str:
         steps = ", ".join(str(p["steps"]) for p in r["per_seed"])
         lines.append(f"| {_link(r['_file'], r['benchmark'])} ({r['preset']}, {_length(r)}) | {changes} | "
                      f"{r['device']} | {_pct(r['final_val_acc_mean'], r['final_val_acc_std'], len(r['seeds']))} | "
-                     f"{steps} | {r['images_per_s']:.0f} | `{command(r)}` |")
+                     f"{steps} | {r['images_per_s']:.0f} | {command(r)} |")
     return "\n".join(lines)
 
 
 def _kind_table(results: list[dict], kind: str, head: list[str], row) -> str:
     """The rows of one benchmark kind (its JSON "benchmark" field), one line each from row(r)."""
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += [f"| {row(r)} | `{command(r)}` |" for r in results if r.get("benchmark") == kind]
+    lines += [f"| {row(r)} | {command(r)} |" for r in results if r.get("benchmark") == kind]
     return "\n".join(lines)
 
 
@@ -193,7 +196,7 @@ def conv_backward_table(results: list[dict]) -> str:
         share = {s["res"]: s["conv_backward"] for s in r["steps"]}
         lines += [f"| {r['model']}, {r['batch_size']}, {s['res']} px, {r['precision']} | {r['device']} | "
                   f"{100 * share[s['res']]:.0f}% | {s['onednn_images_per_s']:.1f} | {s['gemm_images_per_s']:.1f} | "
-                  f"{s['speedup_median']:.2f} ({r['rounds']} rounds) | `{command(r)}` |" for s in r["step_speedup"]]
+                  f"{s['speedup_median']:.2f} ({r['rounds']} rounds) | {command(r)} |" for s in r["step_speedup"]]
     return "\n".join(lines)
 
 
@@ -211,7 +214,7 @@ def eval_resolution_table(results: list[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in (r for r in results if r.get("benchmark") == "eval-resolution"):
         lines += [f"| {Path(w['run']).name} | {' -> '.join(f'{x:g}' for x in w['resolutions'])} px | {w['steps']} | "
-                  f"{w['eval_size']} px | {100 * w['val_top1']:.2f}% | {w['eval_s']:.1f} | `{command(r)}` |"
+                  f"{w['eval_size']} px | {100 * w['val_top1']:.2f}% | {w['eval_s']:.1f} | {command(r)} |"
                   for w in r["rows"]]
     return "\n".join(lines)
 
@@ -228,7 +231,7 @@ def roofline_table(results: list[dict]) -> str:
             share = f"{100 * s['fraction_of_matmul']:.0f}% of {s['matmul_gflops_per_s']:.0f} ({r['rounds']} rounds)"
             lines.append(f"| {s['res']} px, {frozen[s['early_frozen']]} | {r['device']} | "
                          f"{s.get('precision', 'fp32')} | {s['step_gflops']:.1f} | {s['images_per_s']:.1f} | {alone} | "
-                         f"{s['achieved_gflops_per_s']:.1f} | {share} | `{command(r)}` |")
+                         f"{s['achieved_gflops_per_s']:.1f} | {share} | {command(r)} |")
     return "\n".join(lines)
 
 
@@ -242,7 +245,7 @@ def keras_training_table(results: list[dict]) -> str:
                 for p in ("fp32", "bf16", "fp32_onednn", "bf16_onednn")}
         lines.append(f"| train step, medians of {len(k['rounds']['keras'])} alternating rounds | {r['device']} | "
                      f"{k['keras_images_per_s']:.1f} | {ours['fp32']} | {ours['bf16']} | "
-                     f"{ours['fp32_onednn']} / {ours['bf16_onednn']} | `{command(r)}` |")
+                     f"{ours['fp32_onednn']} / {ours['bf16_onednn']} | {command(r)} |")
     return "\n".join(lines)
 
 
@@ -252,7 +255,7 @@ def precision_table(results: list[dict]) -> str:
     for r in (r for r in results if r.get("benchmark") == "precision-speed"):
         lines += [f"| {s['res']} px, stem frozen | {r['device']} | {s['fp32_images_per_s']:.1f} | "
                   f"{s['bf16_images_per_s']:.1f} | {s['bf16_over_fp32']:.2f} ({r['rounds']} rounds) | "
-                  f"`{command(r)}` |"
+                  f"{command(r)} |"
                   for s in r["settings"]]
     return "\n".join(lines)
 

@@ -49,7 +49,7 @@ def main() -> int:
             for way, ctx in ways.items():
                 inference.one_torch_thread = ctx
                 try:
-                    speeds[way].append(rate(lambda: model.logits(x, batch_size=args.batch), len(x)))
+                    speeds[way].append(rate(lambda m=model: m.logits(x, batch_size=args.batch), len(x)))
                 finally:
                     inference.one_torch_thread = shipped
         med = {w: round(median(s), 1) for w, s in speeds.items()}
