@@ -315,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "where-to-run flags may change, and --lr (a lower peak lr for a run whose loss went NaN; "
                         "the run records the change)")
     config.add_flags(t)
-    one_help(t, "data_dir", DATA_DIR_HELP)
+    one_help(t, "data_dir", DATA_DIR_HELP, "DIR")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("evaluate", help="accuracy of a trained model on the test (or validation) set")
@@ -437,12 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def one_help(parser: argparse.ArgumentParser, dest: str, text: str) -> None:
+def one_help(parser: argparse.ArgumentParser, dest: str, text: str, metavar: str) -> None:
     """The help of the flag storing to `dest`, made the same as every other subcommand's (the config field's
     own help describes the key, not the flag's default)."""
     for action in parser._actions:
         if action.dest == dest:
-            action.help = text
+            action.help, action.metavar = text, metavar
 
 
 def main(argv: list[str] | None = None) -> int:
