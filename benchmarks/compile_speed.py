@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
 from provenance import provenance  # benchmarks/ is on sys.path when a script there runs
 from throughput import benchmark_trainer
+from timing import alternate, median, ratio_median
 
 from c100 import checkpoint
 
@@ -38,19 +38,18 @@ def main() -> int:
     compile_s = compiled.warm_up()
     eager.warm_up()  # the same few steps, so both start from equally warm kernels
     print(f"compile + warm-up: {compile_s:.1f} s", flush=True)
-    rows = []
-    for r in range(args.rounds):
-        e = eager.run_steps(args.steps)["images_per_s"]
-        c = compiled.run_steps(args.steps)["images_per_s"]
-        print(f"round {r}: eager {e:.1f} img/s, compiled {c:.1f} img/s, ratio {c / e:.3f}", flush=True)
-        rows.append({"eager": e, "compiled": c, "ratio": c / e})
-    ratio = statistics.median(r["ratio"] for r in rows)
+    speeds = alternate({"eager": lambda: eager.run_steps(args.steps)["images_per_s"],
+                        "compiled": lambda: compiled.run_steps(args.steps)["images_per_s"]},
+                       args.rounds, warmup=0, log=lambda line: print(line, flush=True))  # warm_up() did it
+    rows = [{"eager": e, "compiled": c, "ratio": c / e} for e, c in zip(speeds["eager"], speeds["compiled"],
+                                                                       strict=True)]
+    ratio = ratio_median(speeds["compiled"], speeds["eager"])
     result = {
         "benchmark": "compile-speed", **provenance(eager.device),
         "model": args.model, "batch_size": args.batch_size, "res": args.res, "precision": eager.cfg.precision,
         "compile_s": compile_s, "rounds": rows,
-        "eager_images_per_s": statistics.median(r["eager"] for r in rows),
-        "compiled_images_per_s": statistics.median(r["compiled"] for r in rows),
+        "eager_images_per_s": median(speeds["eager"]),
+        "compiled_images_per_s": median(speeds["compiled"]),
         "ratio_median": ratio,
         "break_even_train_s": compile_s / (1 - 1 / ratio) if ratio > 1 else None,
     }

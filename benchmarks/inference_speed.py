@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from provenance import provenance  # benchmarks/ is on sys.path when a script there runs
 from throughput import benchmark_trainer
+from timing import latency_ms, median, rate
 
 import c100
 from c100 import checkpoint
@@ -34,19 +33,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def throughput(model, x: torch.Tensor, batch: int) -> float:
-    t0 = time.perf_counter()
-    model.logits(x, batch_size=batch)
-    return len(x) / (time.perf_counter() - t0)
+    return rate(lambda: model.logits(x, batch_size=batch), len(x))
 
 
 def latency(model, x: torch.Tensor, calls: int) -> dict:
-    times = []
-    for i in range(calls):
-        t0 = time.perf_counter()
-        model.logits(x[i % len(x)][None])
-        times.append(1000 * (time.perf_counter() - t0))
-    times.sort()
-    return {"median_ms": statistics.median(times), "p99_ms": times[min(len(times) - 1, int(0.99 * len(times)))]}
+    return latency_ms(lambda i: model.logits(x[i % len(x)][None]), calls)
 
 
 def keras_round(python: str) -> dict:
@@ -103,7 +94,7 @@ def main() -> int:
         values = [r for r in rounds]
         for key in path:
             values = [v[key] for v in values]
-        return round(statistics.median(values), 2)
+        return round(median(values), 2)
 
     keras = {"images_per_s": med(["keras", "images_per_s"]), "median_ms": med(["keras", "median_ms"]),
              "p99_ms": med(["keras", "p99_ms"]), "train_images_per_s": med(["keras", "train_images_per_s"]),

@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
-import time
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from provenance import provenance  # benchmarks/ is on sys.path when a script there runs
 from throughput import benchmark_trainer
+from timing import alternate, median, rate, ratio_median
 from torch.profiler import ProfilerActivity, profile
 
 from c100 import checkpoint
@@ -51,10 +50,7 @@ KINDS = {"GEMM convolutions": ("aten::mm", "aten::addmm"),
 def matmul_gflops(dtype: torch.dtype = torch.float32, n: int = 4096, reps: int = 2) -> float:
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b  # warm-up
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+    return rate(lambda: [a @ b for _ in range(reps)], 2 * n**3 * reps) / 1e9
 
 
 def count_macs(trainer: Trainer, steps: int) -> dict:
@@ -104,25 +100,24 @@ def time_shares(trainer: Trainer, steps: int) -> dict:
 def measure_step(args, precision: str, res: int, frozen: bool) -> dict:
     ours, onednn = step_trainer(args, res, frozen, precision), step_trainer(args, res, frozen, precision)
     onednn.gemm_convs = False  # every convolution by oneDNN
-    macs = count_macs(ours, args.steps)
-    onednn.run_steps(args.steps)  # warm-up
-    rounds = {"ours": [], "onednn": [], "matmul": []}
-    for _ in range(args.rounds):
-        rounds["matmul"].append(matmul_gflops(DTYPES[precision]))
-        rounds["ours"].append(ours.run_steps(args.steps)["images_per_s"])
-        rounds["onednn"].append(onednn.run_steps(args.steps)["images_per_s"])
+    macs = count_macs(ours, args.steps)  # one round of ours: its warm-up
+    onednn.run_steps(args.steps)  # and oneDNN's
+    rounds = alternate({"matmul": lambda: matmul_gflops(DTYPES[precision]),  # just before the step it is set against
+                        "ours": lambda: ours.run_steps(args.steps)["images_per_s"],
+                        "onednn": lambda: onednn.run_steps(args.steps)["images_per_s"]},
+                       args.rounds, warmup=0, log=None)
     batch = ours.cfg.batch_size
     flops = 2 * (macs["forward_macs"] + macs["backward_macs"])
     # the machine's speed drifts between rounds and takes the matmul with it: the fraction is taken round
     # by round, each step round against the matmul just before it
     pairs = zip(rounds["ours"], rounds["matmul"], strict=True)
-    fraction = statistics.median(flops * ips / batch / 1e9 / g for ips, g in pairs)
-    ips = statistics.median(rounds["ours"])
-    speedup = statistics.median(a / b for a, b in zip(rounds["ours"], rounds["onednn"], strict=True))
+    fraction = median(flops * ips / batch / 1e9 / g for ips, g in pairs)
+    ips = median(rounds["ours"])
+    speedup = ratio_median(rounds["ours"], rounds["onednn"])
     return {"precision": precision, "res": res, "early_frozen": frozen, "batch_size": batch, **macs,
-            "step_gflops": flops / 1e9, "images_per_s": ips, "onednn_images_per_s": statistics.median(rounds["onednn"]),
+            "step_gflops": flops / 1e9, "images_per_s": ips, "onednn_images_per_s": median(rounds["onednn"]),
             "speedup_over_onednn": speedup, "achieved_gflops_per_s": flops * ips / batch / 1e9,
-            "matmul_gflops_per_s": statistics.median(rounds["matmul"]),
+            "matmul_gflops_per_s": median(rounds["matmul"]),
             "fraction_of_matmul": fraction, "time_shares": time_shares(ours, args.steps),
             **{f"{k}_rounds": v for k, v in rounds.items()}}
 
@@ -146,22 +141,23 @@ def measure_against_keras(args, precisions: list[str]) -> dict:
             ours[p + variant].gemm_convs = not variant
     for t in ours.values():
         t.run_steps(args.keras_steps)  # warm-up
-    rounds = {**{k: [] for k in ours}, "keras": [], "keras_other_work": []}
-    for r in range(args.keras_rounds):
-        for k, t in ours.items():
-            rounds[k].append(t.run_steps(args.keras_steps)["images_per_s"])
-        out = keras_train_round(args.keras_python, args.keras_steps)
-        rounds["keras"].append(out["train"]["median_images_per_s"])
-        rounds["keras_other_work"].append(out["train"]["cpu_share"]["other_work"])
-        print(f"keras round {r}: " + ", ".join(f"ours {k} {rounds[k][-1]:.1f}" for k in ours) +
-              f", keras {rounds['keras'][-1]:.1f} img/s", flush=True)
+    keras_runs = []  # each round's whole answer from the Keras process
+
+    def keras() -> float:
+        keras_runs.append(keras_train_round(args.keras_python, args.keras_steps))
+        return keras_runs[-1]["train"]["median_images_per_s"]
+
+    steps = {k: (lambda t=t: t.run_steps(args.keras_steps)["images_per_s"]) for k, t in ours.items()}
+    rounds = alternate({**steps, "keras": keras}, args.keras_rounds, warmup=0,
+                       log=lambda line: print(f"keras {line}", flush=True))
+    rounds["keras_other_work"] = [out["train"]["cpu_share"]["other_work"] for out in keras_runs]
+    out = keras_runs[-1]
     return {"what": "resnet18-seed (the homework's network) at batch 64, 32 px: our trainer (seeded batches, "
                     "augmentation; as it runs, and with every convolution by oneDNN) against Keras train_on_batch "
                     "(fp32, TensorFlow on the CPU)",
-            "tensorflow": out["tensorflow"], "keras_images_per_s": statistics.median(rounds["keras"]),
-            **{f"ours_{k}_images_per_s": statistics.median(rounds[k]) for k in ours},
-            **{f"ratio_{k}": statistics.median(a / b for a, b in zip(rounds[k], rounds["keras"], strict=True))
-               for k in ours},
+            "tensorflow": out["tensorflow"], "keras_images_per_s": median(rounds["keras"]),
+            **{f"ours_{k}_images_per_s": median(rounds[k]) for k in ours},
+            **{f"ratio_{k}": ratio_median(rounds[k], rounds["keras"]) for k in ours},
             "rounds": rounds}
 
 

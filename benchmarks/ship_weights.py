@@ -8,7 +8,7 @@ it is also the last step of a record, not a habit: without --apply it only measu
     python benchmarks/ship_weights.py benchmarks/runs/gpu-best-s0 --data-dir data --apply    # and ship
 
 Then rewrite src/c100/weights/PROVENANCE.md (recipe, command, hardware, time, code, date, figure) and
-rerun `python benchmarks/shipped_weights.py --data-dir data`.
+rerun `python benchmarks/remeasure_shipped.py --data-dir data`.
 """
 
 from __future__ import annotations

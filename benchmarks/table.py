@@ -1,13 +1,14 @@
 """Build the results tables from benchmarks/results/index.yaml and the files it lists.
 
     python benchmarks/table.py           # write benchmarks/README.md and the README's table
-    python benchmarks/table.py --check   # only check the index against the files on disk
+    python benchmarks/table.py --check   # write nothing; fail if the index, the files or the two pages disagree
 
 Outputs: benchmarks/README.md, every table (current records, the selection sweeps grouped by sweep,
 the archive of superseded records, and each file's date, torch and git), and, between the markers in
 the top-level README.md, one compact table of the current records that name a README row (`row:` in
 the index). Fails with a one-line-per-problem message if a file under results/ is missing from the
 index, or the index names a file that does not exist or sits in the wrong folder for its status.
+A command that ran a script since moved to benchmarks/archive/ is shown as it runs from there.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ INDEX = RESULTS / "index.yaml"
 OUT = ROOT / "benchmarks" / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 FOLDERS = {"record": "records", "sweep": "sweeps", "archive": "archive"}  # status -> its folder
+ARCHIVED = sorted(p.stem for p in (ROOT / "benchmarks" / "archive").glob("*.py"))  # one-off experiments
 
 
 def natural_key(path: str) -> list:
@@ -98,6 +100,17 @@ def _link(file: str, text: str | None = None) -> str:
     return f"[{text or Path(file).name}](results/{file})"
 
 
+def command(r: dict, key: str = "command") -> str:
+    """A result's command, as code, as it can be pasted today: a script since archived run from its new
+    place; one since deleted said so."""
+    text = r[key]
+    if ARCHIVED:
+        moved = r"python benchmarks/(" + "|".join(ARCHIVED) + r")\.py\b"
+        text = re.sub(moved, r"PYTHONPATH=benchmarks python benchmarks/archive/\1.py", text)
+    gone = [s for s in re.findall(r"benchmarks/[a-z0-9_/]+\.(?:py|sh)", text) if not (ROOT / s).is_file()]
+    return f"`{text}`" + (f" ({', '.join(gone)}: deleted since, in git history)" if gone else "")
+
+
 def _pct(mean, std, n) -> str:
     if n == 1:  # no spread to show from one seed
         return f"{100 * mean:.2f} % (1 seed)"
@@ -131,7 +144,7 @@ def accuracy_table(results: list[dict]) -> str:
         lines.append(f"| {_link(r['_file'], r['benchmark'])} ({r['preset']}, {_length(r)}{note}) | {r['device']} | "
                      f"{wall / 60:.1f} min | "
                      f"{compile_s} | {_pct(r['test_top1_mean'], r['test_top1_std'], len(r['seeds']))} | "
-                     f"{_target(r)} | `{r.get('reproduce', r['command'])}` |")
+                     f"{_target(r)} | {command(r, 'reproduce' if 'reproduce' in r else 'command')} |")
     return "\n".join(lines)
 
 
@@ -147,14 +160,14 @@ def selection_table(results: list[dict]) -> str:
         steps = ", ".join(str(p["steps"]) for p in r["per_seed"])
         lines.append(f"| {_link(r['_file'], r['benchmark'])} ({r['preset']}, {_length(r)}) | {changes} | "
                      f"{r['device']} | {_pct(r['final_val_acc_mean'], r['final_val_acc_std'], len(r['seeds']))} | "
-                     f"{steps} | {r['images_per_s']:.0f} | `{r['command']}` |")
+                     f"{steps} | {r['images_per_s']:.0f} | {command(r)} |")
     return "\n".join(lines)
 
 
 def _kind_table(results: list[dict], kind: str, head: list[str], row) -> str:
     """The rows of one benchmark kind (its JSON "benchmark" field), one line each from row(r)."""
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += [f"| {row(r)} | `{r['command']}` |" for r in results if r.get("benchmark") == kind]
+    lines += [f"| {row(r)} | {command(r)} |" for r in results if r.get("benchmark") == kind]
     return "\n".join(lines)
 
 
@@ -183,7 +196,7 @@ def conv_backward_table(results: list[dict]) -> str:
         share = {s["res"]: s["conv_backward"] for s in r["steps"]}
         lines += [f"| {r['model']}, {r['batch_size']}, {s['res']} px, {r['precision']} | {r['device']} | "
                   f"{100 * share[s['res']]:.0f}% | {s['onednn_images_per_s']:.1f} | {s['gemm_images_per_s']:.1f} | "
-                  f"{s['speedup_median']:.2f} ({r['rounds']} rounds) | `{r['command']}` |" for s in r["step_speedup"]]
+                  f"{s['speedup_median']:.2f} ({r['rounds']} rounds) | {command(r)} |" for s in r["step_speedup"]]
     return "\n".join(lines)
 
 
@@ -201,7 +214,7 @@ def eval_resolution_table(results: list[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in (r for r in results if r.get("benchmark") == "eval-resolution"):
         lines += [f"| {Path(w['run']).name} | {' -> '.join(f'{x:g}' for x in w['resolutions'])} px | {w['steps']} | "
-                  f"{w['eval_size']} px | {100 * w['val_top1']:.2f}% | {w['eval_s']:.1f} | `{r['command']}` |"
+                  f"{w['eval_size']} px | {100 * w['val_top1']:.2f}% | {w['eval_s']:.1f} | {command(r)} |"
                   for w in r["rows"]]
     return "\n".join(lines)
 
@@ -218,7 +231,7 @@ def roofline_table(results: list[dict]) -> str:
             share = f"{100 * s['fraction_of_matmul']:.0f}% of {s['matmul_gflops_per_s']:.0f} ({r['rounds']} rounds)"
             lines.append(f"| {s['res']} px, {frozen[s['early_frozen']]} | {r['device']} | "
                          f"{s.get('precision', 'fp32')} | {s['step_gflops']:.1f} | {s['images_per_s']:.1f} | {alone} | "
-                         f"{s['achieved_gflops_per_s']:.1f} | {share} | `{r['command']}` |")
+                         f"{s['achieved_gflops_per_s']:.1f} | {share} | {command(r)} |")
     return "\n".join(lines)
 
 
@@ -232,7 +245,7 @@ def keras_training_table(results: list[dict]) -> str:
                 for p in ("fp32", "bf16", "fp32_onednn", "bf16_onednn")}
         lines.append(f"| train step, medians of {len(k['rounds']['keras'])} alternating rounds | {r['device']} | "
                      f"{k['keras_images_per_s']:.1f} | {ours['fp32']} | {ours['bf16']} | "
-                     f"{ours['fp32_onednn']} / {ours['bf16_onednn']} | `{r['command']}` |")
+                     f"{ours['fp32_onednn']} / {ours['bf16_onednn']} | {command(r)} |")
     return "\n".join(lines)
 
 
@@ -242,7 +255,7 @@ def precision_table(results: list[dict]) -> str:
     for r in (r for r in results if r.get("benchmark") == "precision-speed"):
         lines += [f"| {s['res']} px, stem frozen | {r['device']} | {s['fp32_images_per_s']:.1f} | "
                   f"{s['bf16_images_per_s']:.1f} | {s['bf16_over_fp32']:.2f} ({r['rounds']} rounds) | "
-                  f"`{r['command']}` |"
+                  f"{command(r)} |"
                   for s in r["settings"]]
     return "\n".join(lines)
 
@@ -267,7 +280,7 @@ def readme_table(records: list[dict]) -> str:
 
 
 def shipped_row(r: dict) -> str:
-    """The shipped weights re-measured (benchmarks/shipped_weights.py): one model, every backend agreeing."""
+    """The shipped weights re-measured (benchmarks/remeasure_shipped.py): one model, every backend agreeing."""
     t, tops = r["trained"], {f"{100 * x['top1']:.2f}" for x in r["rows"]}
     length = f"{t['time_budget']:g} s of " + (f"fine-tuning {Path(t['init_from']).name}" if t.get("init_from")
                                               else "training")
@@ -380,29 +393,59 @@ lists; edit those, not this page. How the CPU recipe was found, as one ablation 
 A result JSON holds its command, date, machine, torch version and git revision; its `NAME.log` and
 `NAME-sN-metrics.csv` (per epoch, per seed) lie beside it. Each row names its hardware and
 precision: figures from different machines are not side by side.
+
+The scripts come in two kinds. The tools, here, are rerun whenever the code or the machine changes;
+each says how to run it in its first lines:
+
+- `record.py` (train a preset per seed, test once), `seed_runs.sh` (the homework's presets),
+  `gpu.sh` (the GPU records in one command; it runs `record.py`, `throughput.py` and
+  `compile_speed.py`), `table.py` (this page).
+- Speed: `throughput.py` (trainer vs bare loop), `compile_speed.py` (eager vs compiled),
+  `roofline.py` (the CPU step against the matmul rate, oneDNN and Keras), `inference_speed.py`
+  (every backend against Keras; `keras/setup.sh` first), `load_test.py` (the web demo under load),
+  `macs.py` (multiply-adds per image).
+- The shipped weights: `ship_weights.py` (a candidate against the shipped file: the 3-point rule),
+  `remeasure_shipped.py` (the shipped file re-measured through every path, after any change to it).
+- Shared by them: `provenance.py` (what every result JSON records) and `timing.py` (the one timing
+  loop: warm-up, alternating rounds, medians).
+
+`archive/` holds the one-off experiments whose decisions are already in the code (each names its
+decision and its result); run one from the repository root with
+`PYTHONPATH=benchmarks python benchmarks/archive/NAME.py`, and the tables below show their commands so.
 """
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--check", action="store_true", help="only check the index against the files; write nothing")
-    args = ap.parse_args()
+def render() -> dict[Path, str]:
+    """What benchmarks/README.md and the top-level README.md should hold, from the index and its files."""
     sweeps, entries = load_index()
-    if args.check:
-        return 0
     by_status = {s: [e for e in entries if e["status"] == s] for s in FOLDERS}
     page = "\n\n".join([INTRO.rstrip("\n"), records_section(by_status["record"]),
                          sweeps_section(sweeps, by_status["sweep"]), archive_section(by_status["archive"]),
                          files_section(entries)])
-    OUT.write_text(page + "\n")
     body = (readme_table(rows(by_status["record"])) + "\n\nSpeed measurements, the selection sweeps behind each "
             "choice and the superseded records:\n[benchmarks/README.md](benchmarks/README.md); how the recipe was "
             "found: [docs/cpu-record.md](docs/cpu-record.md).")
     readme = ROOT / "README.md"
-    text = readme.read_text()
-    head, rest = text.split(START, 1)
+    head, rest = readme.read_text().split(START, 1)
     tail = rest.split(END, 1)[1]
-    readme.write_text(head + START + "\n" + body + "\n" + END + tail)
+    return {OUT: page + "\n", readme: head + START + "\n" + body + "\n" + END + tail}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--check", action="store_true",
+                    help="write nothing: fail if the index and the files disagree, or if a page is not what this "
+                         "script would write")
+    args = ap.parse_args()
+    pages = render()
+    stale = [path for path, text in pages.items() if path.read_text() != text]
+    if args.check:
+        if stale:
+            raise SystemExit("table.py: not up to date (run python benchmarks/table.py): " +
+                             ", ".join(str(p.relative_to(ROOT)) for p in stale))
+        return 0
+    for path in stale:
+        path.write_text(pages[path])
     return 0
 
 

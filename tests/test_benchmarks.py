@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def script(name: str):
     """benchmarks/NAME.py imported as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(Path(name).name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -29,6 +29,7 @@ def test_record_bad_set_is_one_line(tmp_path):
     assert not (tmp_path / "runs").exists() and not list((tmp_path / "out").glob("*.json"))
 
 
+@pytest.mark.slow
 def test_record_appends_seeds_of_the_same_record_only(tmp_path):
     """A record longer than a session grows seed by seed (--append); seeds of another record never mix in."""
     import json
@@ -94,6 +95,7 @@ def test_results_index_names_what_is_missing(tmp_path, monkeypatch):
                      "  records/b.json: status archive but not under archive/"]
 
 
+@pytest.mark.slow
 def test_record_resume_finishes_the_run_a_killed_record_left(tmp_path):
     """--resume continues a seed's run folder from its last.pt (a GPU call's limit cut the record), to the
     same epochs a straight run has; the seed is marked resumed. Without it the seed starts again."""
@@ -135,6 +137,7 @@ def test_record_resume_finishes_the_run_a_killed_record_left(tmp_path):
     assert json.loads((tmp_path / "out" / "rec.json").read_text())["per_seed"][0]["resumed"] is False
 
 
+@pytest.mark.slow
 def test_gpu_script_dry_run_on_the_cpu(tmp_path):
     """benchmarks/gpu.sh, every part, on synthetic data with seconds of training: what comes back from
     the GPU machine (at most 8 files of at most 16 MiB for probe, fast and best) and the weights joined
@@ -180,6 +183,7 @@ def test_gpu_script_dry_run_on_the_cpu(tmp_path):
     assert model.arch == "resnet18" and len(model.predict(np.zeros((2, 3, 32, 32), np.uint8))) == 2
 
 
+@pytest.mark.slow
 def test_seed_runs_script_dry_run(tmp_path):
     """benchmarks/seed_runs.sh (the homework's presets on a clock each, then `c100 compare`) on synthetic
     data with a 2 s clock: every run's metrics, its log and the comparison come back."""
@@ -203,6 +207,7 @@ def test_seed_runs_script_dry_run(tmp_path):
     assert "seed-r18-v1" in table and "seed-vgg16-v1" in table and (tmp_path / "compare.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_seed_runs_fixed_epochs_keep_finished_runs_and_resume_killed_ones(tmp_path):
     """The EPOCHS form spans sessions: a rerun keeps finished runs, resumes one killed before its end,
     and starts afresh over a folder another form left."""
@@ -244,6 +249,7 @@ def test_seed_runs_fixed_epochs_keep_finished_runs_and_resume_killed_ones(tmp_pa
     assert "seed-r18-v3" in (out / "seed-compare.md").read_text()
 
 
+@pytest.mark.slow
 def test_ship_weights_applies_the_rule(cifar_dir, tmp_path):
     """benchmarks/ship_weights.py measures the file that would ship against the shipped one and replaces
     it only when the margin is met (here a copy of the same model: gain 0, either side of the margin)."""
@@ -280,13 +286,13 @@ def test_ship_weights_applies_the_rule(cifar_dir, tmp_path):
 
 
 def test_dead_units_finds_a_dead_last_layer(tiny_run):
-    """benchmarks/dead_units.py: a live network has live channels and image-dependent logits; with the
+    """benchmarks/archive/dead_units.py: a live network has live channels and image-dependent logits; with the
     last convolution's bias pushed far below zero its ReLU is dead on every image and the answer is one class."""
     import torch
 
     import c100
 
-    dead_units = script("dead_units")
+    dead_units = script("archive/dead_units")
     images = np.random.default_rng(0).integers(0, 256, (20, 3, 32, 32), dtype=np.uint8)
     shares, logits = dead_units.dead_channel_shares(c100.load(tiny_run, backend="torch"), images)
     assert len(shares) == 2 and list(shares.values())[-1][1] < 1 and float(logits.std(0).mean()) > 0
@@ -312,3 +318,22 @@ def test_macs_counts_the_known_resnet18_figure():
     assert at32 == 555_468_800 and at32 / 1e9 == pytest.approx(0.556, abs=1e-3)
     fc = 512 * 100
     assert (at24 - fc) / (at32 - fc) == pytest.approx((24 / 32) ** 2)
+
+
+def test_timing_alternates_discards_the_warm_up_and_takes_medians():
+    """benchmarks/timing.py, the one timing loop of the tools: each round runs every candidate in turn."""
+    timing = script("timing")
+    calls, lines = [], []
+
+    def candidate(name: str, values: list[float]):
+        it = iter(values)
+        return lambda: calls.append(name) or next(it)
+
+    kept = timing.alternate({"a": candidate("a", [9, 1, 2, 3]), "b": candidate("b", [9, 2, 4, 3])}, rounds=3,
+                            warmup=1, log=lines.append)
+    assert calls == ["a", "b"] * 4 and kept == {"a": [1, 2, 3], "b": [2, 4, 3]}
+    assert lines[0].startswith("warm-up 1 (discarded): a 9.0 img/s") and lines[1] == "round 1: a 1.0 img/s, b 2.0 img/s"
+    assert timing.median(kept["b"]) == 3 and timing.ratio_median(kept["a"], kept["b"]) == 0.5
+    assert 0 < timing.rate(lambda: sum(range(1000)), 1000)
+    latency = timing.latency_ms(lambda i: sum(range(i)), 20)
+    assert 0 <= latency["median_ms"] <= latency["p99_ms"]

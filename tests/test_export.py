@@ -76,14 +76,10 @@ def test_export_errors(tiny_run, tmp_path, capsys):
                                                              "fine_to_coarse": []}))
     assert main(["predict", "a.png", "-w", str(tmp_path / "x.safetensors")]) == 2
     assert "not a readable safetensors file" in capsys.readouterr().err
-    assert main(["predict", "a.png", "-c", str(tiny_run), "-w", "x.onnx"]) == 2
-    assert "pass the model once: --weights MODEL (not also --checkpoint RUN)" in capsys.readouterr().err
     assert main(["evaluate"]) == 2
     assert "which model? pass 'default'" in capsys.readouterr().err
     assert main(["evaluate", str(tiny_run), "-w", "default"]) == 2
     assert "two models given" in capsys.readouterr().err
-    assert main(["evaluate", str(tiny_run), "--checkpoint", "first"]) == 2
-    assert "--checkpoint 'first' is not one of: last, best" in capsys.readouterr().err
     with pytest.raises(UserError, match="--format 'tflite' is not one of"):
         export(tiny_run, "tflite")
     onnx, _ = export(tiny_run, "onnx", out=tmp_path / "m.onnx")

@@ -198,20 +198,6 @@ def test_to_and_live_modules_stay_as_they_are():
             model.to("cuda")
 
 
-def test_cli_vocabulary_and_deprecated_spellings(tiny_run, tmp_path, capsys):
-    img = tmp_path / "a.png"
-    Image.fromarray(_images(1)[0].transpose(1, 2, 0)).save(img)
-    assert main(["predict", str(img), "--weights", str(tiny_run), "--checkpoint", "best", "--json"]) == 0
-    new = json.loads(capsys.readouterr().out)
-    assert main(["predict", str(img), "-c", str(tiny_run), "--which", "best", "--json"]) == 0  # the old spellings
-    captured = capsys.readouterr()
-    assert json.loads(captured.out) == new
-    assert "--checkpoint RUN is deprecated" in captured.err and "--which is deprecated" in captured.err
-    out = tmp_path / "e.safetensors"
-    assert main(["export", "--weights", str(tiny_run), "--checkpoint", "best", "--out", str(out)]) == 0
-    assert json.loads((tmp_path / "e.safetensors.json").read_text())["trained"]["epochs"] >= 1
-
-
 def test_export_the_shipped_weights_to_onnx(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["export", "--weights", "default", "--format", "onnx"]) == 0

@@ -76,7 +76,7 @@ def test_seed_model_shapes_follow_keras_same_padding():
 
 @pytest.mark.parametrize("name, calls", [("resnet18-seed", 17), ("resnet18", 17), ("resnet34", 33), ("vgg16", 13)])
 def test_every_relu_is_a_module(name, calls):
-    """Forward hooks on nn.ReLU see every activation (benchmarks/dead_units.py counts on it): one call for
+    """Forward hooks on nn.ReLU see every activation (benchmarks/archive/dead_units.py counts on it): one call for
     the stem and two per basic block in the ResNets, one per convolution in VGG16."""
     model, seen = create_model(name).eval(), []
     for m in model.modules():

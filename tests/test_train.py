@@ -95,7 +95,7 @@ def test_cli_train_and_evaluate_resnet18(tmp_path, capsys):
                "100", "--batch-size", "50", "--no-download", "--no-check-size"])
     assert rc == 0
     assert "epoch   1" in capsys.readouterr().out
-    rc = main(["evaluate", str(run), "--tta"])
+    rc = main(["evaluate", str(run), "--report-tta"])
     out = capsys.readouterr().out
     assert rc == 0 and "test set, 100 images, resnet18" in out and "with flip TTA" in out
     import json

@@ -105,7 +105,7 @@ def test_seeded_sampler_repeats(tmp_path):
 def test_search_writes_study_best_config_summary_and_plots(tmp_path, cifar_dir, capsys):
     study_dir = tmp_path / "study"
     argv = ["tune", "--space", write_space(tmp_path), "--trials", "3", "--study-dir", str(study_dir),
-            "--data-dir", str(cifar_dir), "--pruner", "none", "--seed", "1"]
+            "--data-dir", str(cifar_dir), "--pruner", "none", "--sampler-seed", "1"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     study = load(study_dir)

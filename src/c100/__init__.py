@@ -1,6 +1,6 @@
 """c100: train, evaluate and use ResNet-class classifiers on CIFAR-100."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # also the package's version (pyproject.toml reads it); see CHANGELOG.md
 
 
 class UserError(Exception):

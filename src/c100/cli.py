@@ -8,11 +8,11 @@ import os
 import sys
 from pathlib import Path
 
-from c100 import UserError, __version__
+from c100 import UserError, __version__, config
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from c100 import config, distributed, lock, train
+    from c100 import distributed, lock, train
 
     flags = {name: getattr(args, name) for name in config.FIELDS}
     if args.resume:
@@ -31,25 +31,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- which model: one vocabulary for every subcommand that uses a trained model ---------------------
-DATA_HELP = "folder holding cifar-100-python/ (default: the run's, else env CIFAR100_DATA, else ./data)"
+# -- one vocabulary: each flag means one thing in every subcommand that takes it -----------------------
+DATA_DIR_HELP = ("folder holding cifar-100-python/ (default: the one the config, run or search space names, else "
+                 "$CIFAR100_DATA, else ./data)")
 IMAGES_HELP = ("instead of a split: your own labelled images, DIR/CLASS_NAME/*.jpg (one sub-folder per CIFAR-100 "
                "class name; any format Pillow reads, resized as `predict` does)")
 SOURCE_HELP = "'default' (the ResNet18 shipped in the package), a run folder, or a .pt, .safetensors or .onnx file"
+CHECKPOINT_HELP = ("which checkpoint of a run folder: last (the final model) or best (the epoch with the best "
+                   "validation accuracy) [last]")
+DEVICE_HELP = "auto (a CUDA GPU if there is one) | cpu | cuda | mps [auto]"
 
 
 def add_model_args(sp: argparse.ArgumentParser, positional: bool = True, default: str | None = None,
                    backend: str | None = None) -> None:
-    """MODEL (positional or --weights), --checkpoint last|best, --device; old spellings stay as
-    deprecated aliases for one release (--which; --checkpoint RUN in predict and serve)."""
+    """MODEL (positional or --weights), --checkpoint last|best, --device, and --backend where it applies."""
     if positional:
         sp.add_argument("source", nargs="?", metavar="MODEL", help=SOURCE_HELP)
     sp.add_argument("--weights", "-w", metavar="MODEL", help=SOURCE_HELP + (f" [{default}]" if default else ""))
-    sp.add_argument("--checkpoint", "-c", metavar="last|best",
-                    help="which checkpoint of a run folder: last = the final model, best = the epoch with the best "
-                         "validation accuracy [last]")
-    sp.add_argument("--which", choices=["last", "best"], help=argparse.SUPPRESS)  # deprecated: --checkpoint
-    sp.add_argument("--device", default="auto", help="auto (a CUDA GPU if there is one) | cpu | cuda [auto]")
+    add_checkpoint_args(sp)
     if backend:
         sp.add_argument("--backend", default=backend, metavar="NAME",
                         help="torch (fp32, the reference) | torch-bf16 | onnx | int8 | openvino | openvino-int8 | auto "
@@ -58,30 +57,33 @@ def add_model_args(sp: argparse.ArgumentParser, positional: bool = True, default
     sp.set_defaults(default_source=default)
 
 
-def _deprecated(old: str, new: str) -> None:
-    print(f"c100: warning: {old} is deprecated and will be removed; use {new}", file=sys.stderr)
+def add_checkpoint_args(sp: argparse.ArgumentParser) -> None:
+    """--checkpoint last|best and --device, both checked by argparse as `c100 train` checks its --device."""
+    sp.add_argument("--checkpoint", "-c", choices=("last", "best"), default="last", metavar="last|best",
+                    help=CHECKPOINT_HELP)
+    add_device_arg(sp, "auto", DEVICE_HELP)
+
+
+def add_device_arg(sp: argparse.ArgumentParser, default: str | None, help: str) -> None:
+    sp.add_argument("--device", default=default, choices=config.CHOICES["device"], metavar="DEVICE", help=help)
+
+
+def add_split_args(sp: argparse.ArgumentParser) -> None:
+    """Which images a model is measured on: a split of CIFAR-100 (in --data-dir) or a labelled folder."""
+    sp.add_argument("--split", choices=["test", "val"], default="test")
+    sp.add_argument("--images", metavar="DIR", help=IMAGES_HELP)
+    sp.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP)
 
 
 def model_choice(args: argparse.Namespace) -> tuple[str, str]:
     """(source, checkpoint) from the flags of add_model_args."""
-    source, which = getattr(args, "source", None), args.checkpoint
-    if which is not None and which not in ("last", "best"):
-        if not Path(which).exists():
-            raise UserError(f"--checkpoint '{which}' is not one of: last, best (to choose the model: --weights MODEL)")
-        # the old `--checkpoint RUN` of predict and serve
-        _deprecated("--checkpoint RUN", "--weights RUN (--checkpoint now picks last or best)")
-        if args.weights:
-            raise UserError("pass the model once: --weights MODEL (not also --checkpoint RUN)")
-        args.weights, which = which, None
-    if args.which:
-        _deprecated("--which", "--checkpoint")
-        which = which or args.which
-    if source and args.weights and source != args.weights:
-        raise UserError(f"two models given ({source} and --weights {args.weights}); pass one")
-    source = source or args.weights or args.default_source
+    source, weights = getattr(args, "source", None), args.weights
+    if source and weights and source != weights:
+        raise UserError(f"two models given ({source} and --weights {weights}); pass one")
+    source = source or weights or args.default_source
     if not source:
         raise UserError(f"which model? pass {SOURCE_HELP}")
-    return source, which or "last"
+    return source, args.checkpoint
 
 
 def out_folder(source: str) -> Path:
@@ -112,9 +114,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from c100.evaluate import evaluate, format_table
 
-    source, which = model_choice(args)
-    with writing_into(out_folder(source)):  # eval-SPLIT-WHICH.json and the logits, beside a run's checkpoint
-        r = evaluate(source, args.split, which, args.tta, args.data_dir, args.device, args.backend,
+    source, checkpoint = model_choice(args)
+    with writing_into(out_folder(source)):  # eval-SPLIT-CHECKPOINT.json and the logits, beside a run's checkpoint
+        r = evaluate(source, args.split, checkpoint, args.report_tta, args.data_dir, args.device, args.backend,
                      images=args.images)
     if args.json:
         print(json.dumps(r, indent=2))
@@ -157,8 +159,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def load_model(args: argparse.Namespace):
     from c100.inference import load
 
-    source, which = model_choice(args)
-    return load(source, which, args.device, backend=getattr(args, "backend", "torch"))
+    source, checkpoint = model_choice(args)
+    return load(source, checkpoint, args.device, backend=getattr(args, "backend", "torch"))
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -167,7 +169,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from c100.predict import expand_inputs, format_results, predict_files
 
     files = expand_inputs(args.inputs, args.recursive)
-    results = predict_files(load_model(args), files, args.top_k, args.batch_size)
+    results = predict_files(load_model(args), files, args.top_k, args.chunk_size)
     if args.json:
         print(json.dumps([{"file": r.file, "top": r.top, "error": r.error} for r in results], indent=2))
     else:
@@ -196,10 +198,10 @@ def cmd_mosaic(args: argparse.Namespace) -> int:
     from c100.evaluate import load_predictions
     from c100.mosaic import draw_mosaic, parse_classes, save_png
 
-    source, which = model_choice(args)
+    source, checkpoint = model_choice(args)
     out = Path(args.out) if args.out else out_folder(source) / f"mosaic-{picture_name(args)}.png"
     with writing_into(out):
-        p = load_predictions(source, args.split, which, args.data_dir, args.device, args.images)
+        p = load_predictions(source, args.split, checkpoint, args.data_dir, args.device, args.images)
         warn_skipped(p.result)
         img = draw_mosaic(p, parse_classes(args.classes, p.meta.fine_names), args.per_row, args.scale)
         save_png(img, out)
@@ -216,10 +218,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from c100.analysis import analyze, pairs_markdown
     from c100.evaluate import load_predictions
 
-    source, which = model_choice(args)
+    source, checkpoint = model_choice(args)
     out = Path(args.out) if args.out else out_folder(source) / f"analysis-{picture_name(args)}"
     with writing_into(out):
-        p = load_predictions(source, args.split, which, args.data_dir, args.device, args.images)
+        p = load_predictions(source, args.split, checkpoint, args.data_dir, args.device, args.images)
         warn_skipped(p.result)
         s = analyze(p, out)
     print(f"{args.images or args.split}: top-1 {s['top1']:.2%}, expected calibration error {s['ece']:.2%}")
@@ -231,9 +233,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from c100.report import build_report
 
-    source, which = model_choice(args)
-    with writing_into(source):
-        paths = build_report(source, args.split, which, args.data_dir, args.device, args.images)
+    with writing_into(args.run):
+        paths = build_report(args.run, args.split, args.checkpoint, args.data_dir, args.device, args.images)
     for path in paths:
         print(path)
     return 0
@@ -242,9 +243,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from c100.export import export
 
-    source, which = model_choice(args)
+    source, checkpoint = model_choice(args)
     with writing_into(args.out or out_folder(source)):
-        path, side = export(source, args.format, which, args.out, args.half)
+        path, side = export(source, args.format, checkpoint, args.out, args.half)
     print(f"{path}  ({path.stat().st_size / 1e6:.1f} MB)\n{side}")
     return 0
 
@@ -262,9 +263,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_quantize(args: argparse.Namespace) -> int:
     from c100.quantize import quantize
 
-    source, which = model_choice(args)
+    source, checkpoint = model_choice(args)
     with writing_into(out_folder(source)):  # measuring the backends writes the run's eval-test-*.json
-        quantize(source, args.data_dir, which, args.calibration_images)
+        quantize(source, args.data_dir, checkpoint, args.calibration_images)
     return 0
 
 
@@ -282,7 +283,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     where = {key: getattr(args, key, None) for key in keys("run")}  # those tune has flags for
     try:
-        tune(args.space, args.trials, args.study_dir, args.pruner, args.seed, where)
+        tune(args.space, args.trials, args.study_dir, args.pruner, args.sampler_seed, where)
     except KeyboardInterrupt:
         print("c100: interrupted; run the same command again to continue the search", file=sys.stderr)
         return 130
@@ -301,8 +302,6 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from c100 import config
-
     p = argparse.ArgumentParser(prog="c100", description="Train, evaluate and use CIFAR-100 classifiers.")
     p.add_argument("--version", action="version", version=f"c100 {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -310,33 +309,37 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model (a preset, a YAML config and flags)")
     t.add_argument("--preset", default="default", help=f"one of: {', '.join(config.list_presets())} [default]")
     t.add_argument("--config", help="YAML file of config keys, applied over the preset")
-    t.add_argument("--out", help="run folder (default runs/PRESET); must not exist yet")
+    t.add_argument("--out", metavar="DIR", help="folder: the run folder to create (default runs/PRESET); must not "
+                                                "exist yet")
     t.add_argument("--resume", metavar="RUN",
                    help="continue the killed (or diverged) run in folder RUN from its last checkpoint; only "
                         "where-to-run flags may change, and --lr (a lower peak lr for a run whose loss went NaN; "
                         "the run records the change)")
     config.add_flags(t)
+    one_help(t, "data_dir", DATA_DIR_HELP, "DIR")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("evaluate", help="accuracy of a trained model on the test (or validation) set")
     add_model_args(e, backend="torch")
-    e.add_argument("--split", choices=["test", "val"], default="test")
-    e.add_argument("--images", metavar="DIR", help=IMAGES_HELP)
-    e.add_argument("--tta", action="store_true", help="also report horizontal-flip test-time augmentation")
+    add_split_args(e)
+    e.add_argument("--report-tta", action="store_true",
+                   help="also report the accuracy with flip test-time augmentation (each image's and its mirror's "
+                        "probabilities averaged), beside the model's own; a model trained with --tta has it already")
     e.add_argument("--per-class", action="store_true", help="print every class's accuracy")
     e.add_argument("--json", action="store_true", help="print the whole result as JSON instead of a table")
-    e.add_argument("--data-dir", help=DATA_HELP)
     e.set_defaults(fn=cmd_evaluate)
 
     pl = sub.add_parser("plot", help="draw a run's accuracy, loss and learning-rate curves (PNG + SVG)")
     pl.add_argument("run", help="run folder")
-    pl.add_argument("--out", help="output path without extension (default RUN/curves)")
+    pl.add_argument("--out", metavar="STEM", help="path without extension: writes STEM.png and STEM.svg "
+                                                  "(default RUN/curves)")
     pl.set_defaults(fn=cmd_plot)
 
     cp = sub.add_parser("compare", help="several runs: one Markdown table and their validation curves in one PNG")
     cp.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
-    cp.add_argument("--out", default="compare.png", help="PNG of the overlaid curves [default compare.png]")
-    cp.add_argument("--md", metavar="PATH", help="also save the table as Markdown to PATH")
+    cp.add_argument("--out", default="compare.png", metavar="FILE",
+                    help="file: a PNG of the overlaid curves [compare.png]")
+    cp.add_argument("--md", metavar="FILE", help="file: also save the table as Markdown there")
     cp.set_defaults(fn=cmd_compare)
 
     pr = sub.add_parser("predict", help="top-k labels for image files or folders of images")
@@ -344,7 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(pr, positional=False, default="default", backend="auto")
     pr.add_argument("--top-k", type=int, default=5)
     pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    pr.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    pr.add_argument("--chunk-size", type=int, default=256, metavar="N",
+                    help="image files decoded and held in memory at a time (the model then runs them in its own "
+                         "evaluation batches) [256]")
     pr.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
     pr.set_defaults(fn=cmd_predict)
 
@@ -353,77 +358,92 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("inputs", nargs="+", metavar="IMAGE|DIR", help="image files (any format Pillow reads) or folders")
     add_model_args(xp, positional=False, default="default", backend="torch")
     xp.add_argument("--top-k", type=int, default=3, help="classes to explain per image, best first [3]")
-    xp.add_argument("--out", default="explain", help="folder for the PNGs, NAME-explain.png [explain]")
+    xp.add_argument("--out", default="explain", metavar="DIR",
+                    help="folder: one PNG per image, NAME-explain.png [explain]")
     xp.add_argument("--layer", help="the network layer whose feature maps are weighed, e.g. layer3 (default: the "
                                     "last with a spatial map, layer4 in a ResNet)")
     xp.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
     xp.set_defaults(fn=cmd_explain)
 
-    def picture_args(sp: argparse.ArgumentParser) -> None:
-        add_model_args(sp)
-        sp.add_argument("--split", choices=["test", "val"], default="test")
-        sp.add_argument("--images", metavar="DIR", help=IMAGES_HELP)
-        sp.add_argument("--data-dir", help=DATA_HELP)
-
     mo = sub.add_parser("mosaic", help="one PNG of the images grouped by predicted class (green right, red wrong)")
-    picture_args(mo)
+    add_model_args(mo)
+    add_split_args(mo)
     mo.add_argument("--per-row", type=int, default=24, help="images per class row (a seeded sample)")
     mo.add_argument("--scale", type=int, default=2, help="pixels per image pixel")
     mo.add_argument("--classes", help="subset: names or index ranges, e.g. 'apple,bus' or '0-19'")
-    mo.add_argument("--out", help="PNG path (default RUN/mosaic-SPLIT.png)")
+    mo.add_argument("--out", metavar="FILE", help="file: the PNG to write (default mosaic-SPLIT.png in the run "
+                                                  "folder, beside a .pt file, else here)")
     mo.set_defaults(fn=cmd_mosaic)
 
     an = sub.add_parser("analyze", help="confusion, confused pairs, per-class accuracy, calibration, mistakes")
-    picture_args(an)
-    an.add_argument("--out", help="folder (default RUN/analysis-SPLIT)")
+    add_model_args(an)
+    add_split_args(an)
+    an.add_argument("--out", metavar="DIR", help="folder: the pictures and tables (default analysis-SPLIT/ in the run "
+                                                 "folder, beside a .pt file, else here)")
     an.set_defaults(fn=cmd_analyze)
 
-    rp = sub.add_parser("report", help="a Markdown file and a self-contained HTML page for a run")
-    picture_args(rp)
+    rp = sub.add_parser("report", help="a Markdown file and a self-contained HTML page for a run, in RUN/report/")
+    rp.add_argument("run", metavar="RUN", help="run folder (written by `c100 train`; the report goes into RUN/report/)")
+    add_checkpoint_args(rp)
+    add_split_args(rp)
     rp.set_defaults(fn=cmd_report)
 
     ex = sub.add_parser("export", help="weights as safetensors or the network as ONNX, with a JSON sidecar")
     add_model_args(ex)
     ex.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors")
     ex.add_argument("--half", action="store_true", help="safetensors in fp16 (half the size)")
-    ex.add_argument("--out", help="output file (default: RUN/ARCH-WHICH.FORMAT for a run, beside an exported "
-                                  "file, ./ARCH-default.FORMAT for the shipped weights)")
+    ex.add_argument("--out", metavar="FILE", help="file: the export to write (default: RUN/ARCH-CHECKPOINT.FORMAT "
+                                                  "for a run, beside an exported file, ./ARCH-default.FORMAT for the "
+                                                  "shipped weights)")
     ex.set_defaults(fn=cmd_export)
 
     qu = sub.add_parser("quantize", help="int8 for the CPU (ONNX Runtime's quantizer; run by ONNX Runtime or "
-                                         "OpenVINO), then every backend measured here; sets what --backend auto picks")
+                                         "OpenVINO), then every backend measured here; sets what --backend auto picks",
+                        description="Calibrates on training images only (never the validation split or the test "
+                                    "set), then measures every backend on the validation and test splits.")
     add_model_args(qu)
-    qu.add_argument("--data-dir", help=DATA_HELP + "; calibration reads training images only")
+    qu.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP)
     qu.add_argument("--calibration-images", type=int, default=1000, help="training images to calibrate on [1000]")
     qu.set_defaults(fn=cmd_quantize)
 
-    sv = sub.add_parser("serve", help="a web page to classify uploaded images")
+    sv = sub.add_parser("serve", help="a web page to classify uploaded images",
+                        description="The page also shows a gallery of test images from --data-dir, if the data set "
+                                    "is there.")
     add_model_args(sv, positional=False, default="default", backend="auto")
     sv.add_argument("--host", default="127.0.0.1", help="interface to bind (127.0.0.1: this machine only)")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload")
-    sv.add_argument("--data-dir", help="CIFAR-100 location for the gallery of test images (none shown if absent) "
-                                       "[env CIFAR100_DATA, else ./data]")
+    sv.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP)
     sv.set_defaults(fn=cmd_serve)
 
     tu = sub.add_parser("tune", help="hyper-parameter search with Optuna, scored on the validation split (resumable)")
     tu.add_argument("--space", default="default", help="search-space YAML file, or a packaged one [default]")
     tu.add_argument("--trials", type=int, default=20,
                     help="finished (completed + pruned) trials to reach; earlier runs of the study count [20]")
-    tu.add_argument("--study-dir", help="study.db, trial-NNNN/ runs and results (default runs/tune-SPACE); "
-                    "the same folder again resumes the search")
+    tu.add_argument("--study-dir", metavar="DIR",
+                    help="folder: study.db, trial-NNNN/ runs and results (default runs/tune-SPACE); the same folder "
+                         "again resumes the search")
     tu.add_argument("--pruner", choices=["median", "halving", "none"], default="median",
                     help="stop poor trials early: median of earlier trials, successive halving, or never [median]")
-    tu.add_argument("--seed", type=int, default=0, help="seeds the sampler: the same command draws the same values")
-    tu.add_argument("--data-dir", help="folder holding cifar-100-python/ (default: the space's, else env "
-                                       "CIFAR100_DATA, else ./data)")
-    tu.add_argument("--device", help="auto | cpu | cuda | mps (default: the space's)")
+    tu.add_argument("--sampler-seed", type=int, default=0, metavar="N",
+                    help="seeds Optuna's sampler: the same command draws the same values (each trial's training "
+                         "--seed, which fixes the validation split, is the search space's) [0]")
+    tu.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP)
+    add_device_arg(tu, None, "auto | cpu | cuda | mps (default: the search space's)")
     tu.add_argument("--threads", help="CPU threads for torch (default: the space's)")
     tu.set_defaults(fn=cmd_tune)
 
     sub.add_parser("models", help="list the registered models").set_defaults(fn=cmd_models)
     sub.add_parser("presets", help="list the shipped presets").set_defaults(fn=cmd_presets)
     return p
+
+
+def one_help(parser: argparse.ArgumentParser, dest: str, text: str, metavar: str) -> None:
+    """The help of the flag storing to `dest`, made the same as every other subcommand's (the config field's
+    own help describes the key, not the flag's default)."""
+    for action in parser._actions:
+        if action.dest == dest:
+            action.help, action.metavar = text, metavar
 
 
 def main(argv: list[str] | None = None) -> int:

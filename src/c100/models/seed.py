@@ -44,7 +44,7 @@ class KerasBlock(nn.Module):
         self.bn1 = keras_bn(cout)
         self.conv2 = SameConv(cout, cout, 3)
         self.bn2 = keras_bn(cout)
-        self.relu = nn.ReLU()  # a module, not F.relu, so hooks see it (benchmarks/dead_units.py)
+        self.relu = nn.ReLU()  # a module, not F.relu, so hooks see it (benchmarks/archive/dead_units.py)
         self.shortcut = (nn.Sequential(SameConv(cin, cout, 1, stride=stride), keras_bn(cout))
                          if stride == 2 else nn.Identity())
 

@@ -5,20 +5,19 @@ shipped) and without it (torch's two threads: libgomp's workers spin after the o
 runtime needs next). Rounds alternate between the two; medians are reported. Run `c100 quantize
 default` first for the int8 backends.
 
-    python benchmarks/preprocess_threads.py --rounds 7
+    PYTHONPATH=benchmarks python benchmarks/archive/preprocess_threads.py --rounds 7
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
 from pathlib import Path
 
 import numpy as np
 import torch
-from inference_speed import throughput  # benchmarks/ is on sys.path when a script there runs
-from provenance import provenance
+from provenance import provenance  # PYTHONPATH=benchmarks: the shared helpers
+from timing import median, rate
 
 import c100.inference as inference
 from c100 import UserError, checkpoint
@@ -50,10 +49,10 @@ def main() -> int:
             for way, ctx in ways.items():
                 inference.one_torch_thread = ctx
                 try:
-                    speeds[way].append(throughput(model, x, args.batch))
+                    speeds[way].append(rate(lambda m=model: m.logits(x, batch_size=args.batch), len(x)))
                 finally:
                     inference.one_torch_thread = shipped
-        med = {w: round(statistics.median(s), 1) for w, s in speeds.items()}
+        med = {w: round(median(s), 1) for w, s in speeds.items()}
         rows[backend] = {**{w: {"images_per_s": m, "rounds": [round(s, 1) for s in speeds[w]]} for w, m in
                             med.items()}, "ratio": round(med["one_thread"] / med["torch_threads"], 3)}
         print(f"{backend:<14} one torch thread {med['one_thread']:6.1f} img/s, torch's threads "

@@ -4,7 +4,7 @@ read), and whether the logits still depend on the image. A network whose last Re
 answers one class for all. It sees nn.ReLU modules only (every registered network uses them; one that
 calls F.relu is refused).
 
-    python benchmarks/dead_units.py benchmarks/runs/seed/seed-vgg16-v1 --data-dir data
+    PYTHONPATH=benchmarks python benchmarks/archive/dead_units.py benchmarks/runs/seed/seed-vgg16-v1 --data-dir data
 """
 
 import argparse

@@ -3,7 +3,7 @@
 1,000 training images and judged on the validation split against the fp32 model; the test set is not
 read. The choice goes into quantize.py; `c100 quantize` then measures the test set once.
 
-    python benchmarks/int8_calibration.py --data-dir data
+    PYTHONPATH=benchmarks python benchmarks/archive/int8_calibration.py --data-dir data
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import torch
-from provenance import provenance  # benchmarks/ is on sys.path when a script there runs
+from provenance import provenance  # PYTHONPATH=benchmarks: the shared helpers
 
 from c100 import checkpoint
 from c100.backends import onnx_fp32

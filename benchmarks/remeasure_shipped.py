@@ -3,7 +3,7 @@ each inference path, the reference torch fp32 one (BatchNorm folded) and ONNX Ru
 a temporary folder, never committed), with flip TTA. The first thing to run after any change to the
 inference path: the figure must stay the one the weights shipped with.
 
-    python benchmarks/shipped_weights.py --data-dir data
+    python benchmarks/remeasure_shipped.py --data-dir data
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ fp32, once as the model is and once after `fold_batchnorm`. Rounds alternate (pl
 so drift of the machine hits both alike; one warm-up round of each is discarded; medians are
 reported, with how often the two agree on the top-1 class and their largest logit difference.
 
-    python benchmarks/eval_speed.py --data-dir data --images 1000 --rounds 5
+    PYTHONPATH=benchmarks python benchmarks/archive/eval_speed.py --data-dir data --images 1000 --rounds 5
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 
 import torch
-from provenance import provenance  # benchmarks/ is on sys.path when a script there runs
+from provenance import provenance  # PYTHONPATH=benchmarks: the shared helpers
 
 from c100 import checkpoint, data
 from c100.inference import load
 
-WEIGHTS = Path(__file__).resolve().parent.parent / "src" / "c100" / "weights" / "resnet18-default.safetensors"
+WEIGHTS = Path(__file__).resolve().parents[2] / "src" / "c100" / "weights" / "resnet18-default.safetensors"
 
 
 def timed(model, x, batch) -> tuple[float, torch.Tensor]:

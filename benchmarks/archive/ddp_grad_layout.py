@@ -6,7 +6,8 @@ The step is c100's CPU step: ResNet18 channels-last at 16 px (GEMM convolutions 
 maps), global batch 32 over the processes, gloo, SGD. Prints the median img/s of each and the median of
 the per-round ratios.
 
-    OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node 2 benchmarks/ddp_grad_layout.py --steps 4 --rounds 20
+    OMP_NUM_THREADS=1 PYTHONPATH=benchmarks torchrun --standalone --nproc-per-node 2 \\
+        benchmarks/archive/ddp_grad_layout.py --steps 4 --rounds 20
 """
 
 from __future__ import annotations

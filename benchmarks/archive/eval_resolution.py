@@ -7,7 +7,8 @@ bilinear, antialiased resize as training). It also times each pass: a 24 px pass
 of a 32 px one. Its answer for the select8 proxies made `--eval-resolution` (by default the last
 training resolution) part of the trainer, `evaluate`, `predict` and exports.
 
-    python benchmarks/eval_resolution.py benchmarks/runs/select8-res16-24-s0 --sizes 32 24 --data-dir data
+    PYTHONPATH=benchmarks python benchmarks/archive/eval_resolution.py benchmarks/runs/select8-res16-24-s0 \\
+        --sizes 32 24 --data-dir data
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from provenance import provenance  # benchmarks/ is on sys.path when a script there runs
+from provenance import provenance  # PYTHONPATH=benchmarks: the shared helpers
 
 from c100 import checkpoint
 from c100.evaluate import load_eval_split, metrics
