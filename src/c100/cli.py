@@ -65,7 +65,8 @@ def add_checkpoint_args(sp: argparse.ArgumentParser) -> None:
 
 
 def add_device_arg(sp: argparse.ArgumentParser, default: str | None, help: str) -> None:
-    sp.add_argument("--device", default=default, choices=config.CHOICES["device"], metavar="DEVICE", help=help)
+    devices = config.FIELDS["device"].metadata["choices"]  # the one list, on TrainConfig's field
+    sp.add_argument("--device", default=default, choices=devices, metavar="DEVICE", help=help)
 
 
 def add_split_args(sp: argparse.ArgumentParser) -> None:
