@@ -34,7 +34,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         onnx, _ = export("default", "onnx", out=Path(tmp) / "resnet18-default.onnx")
         for backend, source in (("torch fp32", "default"), ("onnxruntime fp32", onnx)):
-            r = evaluate(source, "test", tta=True, data_dir=args.data_dir, device="cpu")
+            r = evaluate(source, "test", report_tta=True, data_dir=args.data_dir, device="cpu")
             rows.append({"backend": backend, "top1": r["top1"], "top5": r["top5"], "superclass": r["superclass"],
                          "tta_top1": r["tta_flip"]["top1"], "eval_s": r["eval_s"], "n": r["n"]})
             print(f"{backend}: top-1 {r['top1']:.2%}, with flip TTA {r['tta_flip']['top1']:.2%} "

@@ -181,7 +181,7 @@ def test_a_run_with_tta_validates_tests_and_predicts_with_it(cifar_dir, tmp_path
     trainer = train(tiny_cfg(cifar_dir, epochs="1", tta=True), tmp_path / "run", log=lambda *_: None)
     got = evaluate(tmp_path / "run", "val", data_dir=str(cifar_dir))
     last = trainer.history[-1]
-    assert got["tta"] and "tta_flip" not in evaluate(tmp_path / "run", "val", tta=True, data_dir=str(cifar_dir))
+    assert got["tta"] and "tta_flip" not in evaluate(tmp_path / "run", "val", report_tta=True, data_dir=str(cifar_dir))
     assert got["top1"] == pytest.approx(last["val_acc"], abs=1e-6) and got["loss"] == pytest.approx(last["val_loss"])
     model = c100.load(tmp_path / "run")
     assert model.tta

@@ -74,6 +74,7 @@ def test_predict_takes_paths_pil_images_and_arrays(tiny_run, tmp_path):
     mixed = [str(paths[0]), Image.open(paths[1]), x[2].transpose(1, 2, 0)]
     assert model.predict(mixed, k=4) == want
     assert model.predict([torch.from_numpy(x[0]), paths[1], x[2]], k=4) == want
+    assert model.predict([x[0], x[1].transpose(1, 2, 0), x[2]], k=4) == want  # arrays in either layout
     big = Image.fromarray(np.repeat(np.repeat(x[0].transpose(1, 2, 0), 4, 0), 4, 1))  # 128 x 128: centre, downscale
     assert len(model.predict(big)) == 5
 
@@ -89,6 +90,8 @@ def test_bad_inputs_are_one_line_errors(tiny_run, tmp_path):
         model.logits(torch.zeros(2, 3, 32, 32))
     with pytest.raises(UserError, match="cannot classify a dict"):
         model.logits({"a": 1})
+    with pytest.raises(UserError, match="cannot classify a int in a list"):
+        model.predict([np.zeros((3, 32, 32), np.uint8), 5])
     assert as_batch([]).shape == (0, 3, 32, 32)
 
 

@@ -52,14 +52,14 @@ def load_eval_split(cfg, split: str) -> tuple[data.Split, data.Meta]:
     return splits["train"].subset(va), meta
 
 
-def measure(model: Model, images: data.Split, meta: data.Meta, tta: bool = False,
+def measure(model: Model, images: data.Split, meta: data.Meta, report_tta: bool = False,
             head: dict | None = None) -> tuple[dict, torch.Tensor]:
     """Metrics of a model on a split (and with flip TTA, separately); also returns the logits (CPU)."""
     t0 = time.perf_counter()
     x = torch.from_numpy(images.images)
     logits = model.logits(x).cpu()
     result = {**(head or {}), **metrics(logits, images.fine, meta.fine_to_coarse)}
-    if tta and not model.tta:  # the log of the mean of each image's and its mirror's probabilities
+    if report_tta and not model.tta:  # the log of the mean of each image's and its mirror's probabilities
         mirror = model.logits(x, flip=True).cpu()
         tta_m = metrics((logits.softmax(1) + mirror.softmax(1)).div(2).log(), images.fine, meta.fine_to_coarse)
         result["tta_flip"] = {k: tta_m[k] for k in ("top1", "top5", "superclass", "loss")}
@@ -81,7 +81,7 @@ def eval_config(model: Model, data_dir: str | None) -> TrainConfig:
     return cfg
 
 
-def evaluate(source: str | Path = "default", split: str = "test", checkpoint: str = "last", tta: bool = False,
+def evaluate(source: str | Path = "default", split: str = "test", checkpoint: str = "last", report_tta: bool = False,
              data_dir: str | None = None, device: str = "auto", backend: str = "torch",
              precision: str = "fp32", images: str | Path | None = None) -> dict:
     """Evaluate a model (any source `inference.load` takes) on a split, or on a labelled folder of `images`
@@ -91,8 +91,8 @@ def evaluate(source: str | Path = "default", split: str = "test", checkpoint: st
     recorded at export time."""
     model = load(source, checkpoint, device, precision, backend)
     if images is not None:
-        return evaluate_folder(model, images, tta).result
-    return evaluate_model(model, split, tta, data_dir).result
+        return evaluate_folder(model, images, report_tta).result
+    return evaluate_model(model, split, report_tta, data_dir).result
 
 
 def result_head(model: Model, split: str) -> dict:
@@ -106,14 +106,15 @@ def result_head(model: Model, split: str) -> dict:
             "backend": model.backend, "tta": model.tta}
 
 
-def evaluate_model(model: Model, split: str = "test", tta: bool = False, data_dir: str | None = None) -> Predictions:
+def evaluate_model(model: Model, split: str = "test", report_tta: bool = False,
+                   data_dir: str | None = None) -> Predictions:
     """evaluate() for a model already loaded."""
     cfg = eval_config(model, data_dir)
     images, meta = load_eval_split(cfg, split)
     if meta.fine_names != model.classes:
         raise UserError(f"the class names of {cfg.data_dir} differ from those {model.source} was trained on; "
                         f"evaluate on the same data set")
-    result, logits = measure(model, images, meta, tta, result_head(model, split))
+    result, logits = measure(model, images, meta, report_tta, result_head(model, split))
     if is_run_checkpoint(model) and model.precision == "fp32":  # the reference path's results only
         ck = model.source
         buf = io.BytesIO()
@@ -125,13 +126,13 @@ def evaluate_model(model: Model, split: str = "test", tta: bool = False, data_di
     return Predictions(images, logits, meta, result)
 
 
-def evaluate_folder(model: Model, root: str | Path, tta: bool = False) -> Predictions:
+def evaluate_folder(model: Model, root: str | Path, report_tta: bool = False) -> Predictions:
     """evaluate_model() on a labelled folder of your own images (one sub-folder per class name): the
     model's own classes label it, so no data set is needed; nothing is cached beside the model."""
     meta = data.Meta(model.classes, model.superclasses, model.fine_to_coarse)
     found = read_folder(root, meta)
     head = {**result_head(model, "images"), "images": str(root)}
-    result, logits = measure(model, found.split, meta, tta, head)
+    result, logits = measure(model, found.split, meta, report_tta, head)
     result["skipped"] = found.skipped
     return Predictions(found.split, logits, meta, result)
 

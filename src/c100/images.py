@@ -86,6 +86,19 @@ def is_single(images) -> bool:
     return isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 3
 
 
+def as_item(item) -> torch.Tensor:
+    """One entry of a list given to as_batch, as a 1 x 3 x 32 x 32 (or N x ...) uint8 batch."""
+    if isinstance(item, (np.ndarray, torch.Tensor)):
+        return as_batch(item)
+    if not isinstance(item, (str, Path, Image.Image)):
+        raise UserError(f"cannot classify a {type(item).__name__} in a list: pass uint8 arrays, PIL images or "
+                        f"file paths")
+    try:
+        return torch.from_numpy(load_image(Path(item)) if isinstance(item, (str, Path)) else square_array(item))[None]
+    except ValueError as e:
+        raise UserError(f"{item}: {e}") from None
+
+
 def as_batch(images) -> torch.Tensor:
     """uint8 N x 3 x 32 x 32 from: a uint8 array or tensor (N x 3 x 32 x 32, N x 32 x 32 x 3, or one
     image without N), a path, a PIL image, or a list of any of them (paths and PIL images of any size:
@@ -93,18 +106,8 @@ def as_batch(images) -> torch.Tensor:
     if isinstance(images, (str, Path, Image.Image)):
         images = [images]
     if isinstance(images, (list, tuple)):
-        if images and all(isinstance(i, (np.ndarray, torch.Tensor)) for i in images):
-            return as_batch(np.stack([np.asarray(i) for i in images]))
-        arrays = []
-        for item in images:  # a mixed list: each item as it would be alone
-            if isinstance(item, (np.ndarray, torch.Tensor)):
-                arrays.append(as_batch(item)[0].cpu().numpy())
-                continue
-            try:
-                arrays.append(load_image(Path(item)) if isinstance(item, (str, Path)) else square_array(item))
-            except ValueError as e:
-                raise UserError(f"{item}: {e}") from None
-        return torch.from_numpy(np.stack(arrays)) if arrays else torch.zeros(0, 3, 32, 32, dtype=torch.uint8)
+        parts = [as_item(item) for item in images]  # each item as it would be alone, in its own layout
+        return torch.cat(parts) if parts else torch.zeros(0, 3, 32, 32, dtype=torch.uint8)
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(np.require(images, requirements="W"))  # copies read-only arrays
     if not isinstance(images, torch.Tensor):

@@ -36,12 +36,12 @@ def expand_inputs(inputs: list[str], recursive: bool = False) -> list[Path]:
     return files
 
 
-def predict_files(model: Model, files: list[Path], top_k: int = 5, batch_size: int = 256) -> list[Result]:
+def predict_files(model: Model, files: list[Path], top_k: int = 5, chunk_size: int = 256) -> list[Result]:
     """Top-k labels for each file, batch by batch; a file that cannot be read gets its one-line error and
     the others are still classified."""
     results = []
-    for i in range(0, len(files), batch_size):
-        batch, arrays, ok = read_files(files[i:i + batch_size], Result)
+    for i in range(0, len(files), chunk_size):
+        batch, arrays, ok = read_files(files[i:i + chunk_size], Result)
         results += batch
         if arrays:
             for r, top in zip(ok, model.predict(np.stack(arrays), top_k), strict=True):

@@ -278,7 +278,7 @@ def make_objective(space: Space, study_dir: Path, where: dict, log):
     return objective
 
 
-def tune(space_name: str, trials: int, study_dir: Path | str | None = None, pruner="median", seed: int = 0,
+def tune(space_name: str, trials: int, study_dir: Path | str | None = None, pruner="median", sampler_seed: int = 0,
          where: dict | None = None, log=print) -> dict:
     """Run (or resume) a search until `trials` trials finished (completed or pruned); write the results.
     `where` holds the run-location keys (data_dir, device, threads), which may differ between restarts."""
@@ -293,7 +293,7 @@ def tune(space_name: str, trials: int, study_dir: Path | str | None = None, prun
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own one line per trial; errors stay one line
     try:
         with lock_study(study_dir):
-            study = open_study(study_dir, space, seed, make_pruner(pruner))
+            study = open_study(study_dir, space, sampler_seed, make_pruner(pruner))
             requeued = requeue_interrupted(study)
             if requeued:
                 log(f"re-queued interrupted trials {requeued}: they run again from the start")
