@@ -10,7 +10,7 @@ trains there, flattened (out, in * k * k) as the speedruns do, in fp32 and in bf
 step runs in), rounds alternating. The figure that decides: Muon's step as a fraction of the training
 step it would be added to (the SGD update it replaces is a few element-wise passes).
 
-    python benchmarks/muon_cost.py --data-dir data
+    PYTHONPATH=benchmarks python benchmarks/archive/muon_cost.py --data-dir data
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 import torch
-from provenance import provenance  # benchmarks/ is on sys.path when a script there runs
+from provenance import provenance  # PYTHONPATH=benchmarks: the shared helpers
 from roofline import step_trainer
 from timing import alternate, median, rate, ratio_median
 
