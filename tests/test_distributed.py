@@ -98,6 +98,20 @@ def test_two_processes_train_like_one(cifar_dir, tmp_path):
     assert "x 2 processes" in r.stdout and r.stdout.count("epoch   1 ") == 1 and r.stdout.count("done:") == 1
 
 
+def test_two_processes_choose_the_same_hard_examples_as_one(cifar_dir, tmp_path):
+    """--keep-hardest: each process records its slice's losses; merged, both pick what one process picks."""
+    cfg_file = _config(tmp_path, cifar_dir, epochs=3, keep_hardest=0.5, ema=0.0)
+    r = _torchrun(["run_c100.py", "train", "--config", str(cfg_file), "--out", str(tmp_path / "two")])
+    assert r.returncode == 0, r.stderr[-3000:]
+    one = train(resolve("default", str(cfg_file), {}), tmp_path / "one", log=lambda *_: None)
+    two = torch.load(tmp_path / "two" / "last.pt", weights_only=True)
+    assert torch.allclose(two["example_losses"], one.hard.losses, rtol=1e-4)
+    assert one.step == 8 + 4 + 4  # 256 images in batches of 32, then the hardest 128
+    for k, v in one.model.state_dict().items():
+        diff = (v.double() - two["model"][k].double()).abs().max().item()
+        assert diff < TOLERANCE, f"{k} differs by {diff:.3g}"
+
+
 def test_time_budget_stops_every_process_at_the_same_step(cifar_dir, tmp_path):
     """Each process would stop on its own clock a step apart and hang the other; they share the slowest."""
     cfg_file = _config(tmp_path, cifar_dir, epochs=1000, time_budget=1.5, eval_every=0, sync_bn=False)

@@ -127,21 +127,26 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
 
 def train_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, spec: AugmentSpec,
                   norm: Normalize, gen: torch.Generator, drop_last: bool = True,
-                  flip_mask: torch.Tensor | None = None, rank: int = 0, world: int = 1
-                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                  flip_mask: torch.Tensor | None = None, rank: int = 0, world: int = 1,
+                  subset: torch.Tensor | None = None, with_index: bool = False) -> Iterator[tuple]:
     """One epoch of augmented batches in a seeded random order. drop_last keeps every step the
     same shape (what compiled graphs and BatchNorm like); the dropped tail differs every epoch.
     `flip_mask` (one bool per image) fixes which images are mirrored this epoch. With `world` > 1,
-    `batch_size` is the global batch and this rank gets its contiguous 1/world of each one."""
-    n = len(labels)
+    `batch_size` is the global batch and this rank gets its contiguous 1/world of each one.
+    `subset`: the indices of the images to draw from (default: all). Yields (x, y), or (x, y,
+    indices of the images) `with_index`."""
+    n = len(labels) if subset is None else len(subset)
     perm = torch.randperm(n, device=images.device, generator=gen)
+    if subset is not None:
+        perm = subset.to(perm.device)[perm]
     stop = n - n % batch_size if drop_last and n >= batch_size else n
     for i in range(0, stop, batch_size):
         batch = perm[i:i + batch_size]
         lo = rank * len(batch) // world
         idx = batch[lo:(rank + 1) * len(batch) // world]
         mask = flip_mask[idx] if flip_mask is not None else None
-        yield augment(images[idx], spec, norm, gen, mask, (lo, len(batch))), labels[idx]
+        x = augment(images[idx], spec, norm, gen, mask, (lo, len(batch)))
+        yield (x, labels[idx], idx) if with_index else (x, labels[idx])
 
 
 class EpochBatches:
@@ -159,11 +164,11 @@ class EpochBatches:
             g = epoch_generator(seed, -1, device)
             self.flip_start = torch.rand(len(labels), device=device, generator=g) < 0.5
 
-    def __call__(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __call__(self, epoch: int, subset: torch.Tensor | None = None, with_index: bool = False) -> Iterator[tuple]:
         gen = epoch_generator(self.seed, epoch, self.device)
         mask = alternating_flips(self.flip_start, epoch) if self.flip_start is not None else None
         return train_batches(self.images, self.labels, self.batch_size, self.spec, self.norm, gen, flip_mask=mask,
-                             rank=self.rank, world=self.world)
+                             rank=self.rank, world=self.world, subset=subset, with_index=with_index)
 
 
 @dataclass

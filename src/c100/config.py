@@ -130,6 +130,9 @@ class TrainConfig:
     freeze_early_at: float = _recipe(0.0, "from this fraction of training on, stop training the stem and the first "
                                           "stage (ResNet's layer1): their backward passes are skipped (0 = never)",
                                      bounds="[0, 1)", what="a fraction of training", note="0 = off")
+    keep_hardest: float = _recipe(1.0, "from the second epoch on, train each epoch on this fraction of the training "
+                                       "images: those whose loss was highest when last seen (1 = all)",
+                                  bounds="(0, 1]", what="a fraction of the training images", note="1 = all")
     # time-to-accuracy
     time_budget: float = _recipe(0.0, "seconds of training (0 = off): the lr and resolution schedules follow the "
                                       "clock instead of the step count, and training stops when it is spent; "

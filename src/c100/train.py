@@ -37,6 +37,7 @@ from c100.config import TrainConfig, apply, from_dict, keys, read_yaml, save_yam
 from c100.device import OutOfMemoryError as _OOM  # noqa: F401 - the tests raise it as a GPU does
 from c100.device import autocast, is_out_of_memory, resolve_precision, select_device
 from c100.divergence import Diverged  # noqa: F401 - raised by the loop; callers catch it as c100.train.Diverged
+from c100.hard_examples import HardExamples
 from c100.inference import Model, load
 from c100.machine import device_name, environment
 from c100.models import create_model
@@ -235,7 +236,9 @@ class Trainer:
         self.log = log if distributed.is_main() else _quiet  # rank-0 discipline: one voice, one set of files
         self.world, self.rank = distributed.world_size(), distributed.rank()
         self.per_epoch = steps_per_epoch(len(data.train_y), cfg.batch_size)
-        self.total_steps = self.per_epoch * cfg.epochs
+        # --keep-hardest: later epochs draw from the images whose loss was highest (hard_examples.py)
+        self.hard = HardExamples(len(data.train_y), cfg.keep_hardest, device) if cfg.keep_hardest < 1 else None
+        self.total_steps = self.hard.steps(cfg.epochs, cfg.batch_size) if self.hard else self.per_epoch * cfg.epochs
         self.step, self.epoch, self.history = 0, 0, []
         self.check_every = divergence.check_every(device)  # steps between divergence checks
         self.batches = EpochBatches(data.train_x, data.train_y, cfg.batch_size, AugmentSpec(
@@ -285,8 +288,10 @@ class Trainer:
         cfg = self.cfg
         self.model.train()
         tally, res = Tally(self.device), resolution_at(cfg, self.progress())
-        batches = itertools.islice(self.batches(self.epoch), steps)
-        bar = tqdm(batches, total=min(steps or self.per_epoch, self.per_epoch), leave=False, file=sys.stderr,
+        subset = self.hard.subset(self.epoch) if self.hard else None
+        per_epoch = self.per_epoch if subset is None else steps_per_epoch(len(subset), cfg.batch_size)
+        batches = itertools.islice(self.batches(self.epoch, subset, with_index=self.hard is not None), steps)
+        bar = tqdm(batches, total=min(steps or per_epoch, per_epoch), leave=False, file=sys.stderr,
                    desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=None if distributed.is_main() else True,
                    dynamic_ncols=True)
         self.timer.start()
@@ -294,7 +299,7 @@ class Trainer:
         plan = (augment.MixPlan.draw(cfg.seed, self.epoch, self.per_epoch, cfg.mixup, cfg.cutmix)
                 if cfg.mixup or cfg.cutmix else None)
         try:
-            for i, (x, y) in enumerate(bar):
+            for i, (x, y, *idx) in enumerate(bar):
                 if self.timer.spent():  # the clock of a GPU step lags (async), by a step or two at most
                     break
                 res, lr, mixing = self.follow_schedules()
@@ -302,6 +307,9 @@ class Trainer:
                 if plan is not None and mixing:
                     x, lam = augment.mix(x, plan, i)
                 logits, loss = self.train_step(x, y, lam)
+                if self.hard:
+                    self.hard.record(idx[0], loss)
+                    loss = loss.mean()
                 if self.ema:
                     self.ema.update(self.model)
                 self.step += 1
@@ -311,6 +319,8 @@ class Trainer:
                 self.timer.tick(self.step)
         finally:
             bar.close()
+        if self.hard:
+            self.hard.end_epoch()
         self.check_finite(tally.loss_sum, lr, weights=True)  # the steps since the last check, and the weights
         loss, acc, seen = tally.all_reduced()
         train_s = self.timer.stop()
@@ -324,18 +334,22 @@ class Trainer:
         return self.train_one_epoch(steps=n)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, lam: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step at the current lr; returns the logits and the (unpenalised) loss. lam < 1:
-        x is a MixUp/CutMix batch, lam of each image from y, the rest from y reversed."""
+        """One optimizer step at the current lr; returns the logits and the (unpenalised) loss, per image
+        when hard examples are chosen. lam < 1: x is a MixUp/CutMix batch, lam of each image from y, the
+        rest from y reversed."""
         cfg = self.cfg
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with small_map_gemm(self.gemm_convs):
             with autocast(cfg.precision, self.device):
                 logits = self.forward(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                reduction = "none" if self.hard else "mean"
+                losses = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing, reduction=reduction)
                 if lam < 1:
-                    other = F.cross_entropy(logits, y.flip(0), label_smoothing=cfg.label_smoothing)
-                    loss = lam * loss + (1 - lam) * other
+                    other = F.cross_entropy(logits, y.flip(0), label_smoothing=cfg.label_smoothing,
+                                            reduction=reduction)
+                    losses = lam * losses + (1 - lam) * other
+                loss = losses.mean() if self.hard else losses
             total = loss + cfg.l2 * l2_penalty(self.l2_params) if cfg.l2 else loss
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(total).backward()
@@ -344,7 +358,7 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return logits.detach(), loss.detach()
+        return logits.detach(), losses.detach()
 
     def validate(self, in_budget: bool = False) -> tuple[float, float]:
         """Validation loss and accuracy (of the EMA weights when kept), which the checkpoints judge (best,
@@ -409,7 +423,8 @@ class Trainer:
 
     def state(self, finished: bool) -> dict:
         progress = {"step": self.step, "total_steps": self.total_steps, "epoch": self.epoch,
-                    "history": self.history, **self.timer.state(), **self.checkpoints.state()}
+                    "history": self.history, **self.timer.state(), **self.checkpoints.state(),
+                    "example_losses": self.hard.state() if self.hard else None}
         return training_state(self.cfg.to_dict(), self.model, self.ema.model if self.ema else None, self.optimizer,
                               self.scaler, self.data.meta, progress, finished)
 
@@ -418,6 +433,8 @@ class Trainer:
         p = restore_training(state, self.model, self.ema.model if self.ema else None, self.optimizer, self.scaler,
                              str(self.run_dir / "last.pt"))
         self.step, self.epoch, self.history = p["step"], p["epoch"], p["history"]
+        if self.hard:
+            self.hard.restore(p["example_losses"])
         self.timer.restore(p)
         self.checkpoints.restore(p)
 

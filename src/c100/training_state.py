@@ -67,6 +67,7 @@ def training_state(config: dict, model: nn.Module, ema: nn.Module | None, optimi
         "compile_s": progress["compile_s"],
         "target": progress["target"],
         "resumes": progress.get("resumes", []),  # each resume: at which epoch and step, what it changed
+        "example_losses": progress.get("example_losses"),  # --keep-hardest: each image's last loss
     }
 
 
@@ -86,4 +87,4 @@ def restore_training(state: dict, model: nn.Module, ema: nn.Module | None, optim
     return {"step": state["scheduler"]["step"], "epoch": state["epoch"], "history": list(state["history"]),
             "best_val_acc": state.get("best_val_acc"), "clock_s": state.get("clock_s", 0.0),
             "compile_s": state.get("compile_s", 0.0), "target": state.get("target"),
-            "resumes": list(state.get("resumes") or [])}
+            "resumes": list(state.get("resumes") or []), "example_losses": state.get("example_losses")}
