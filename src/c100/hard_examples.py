@@ -45,9 +45,10 @@ class HardExamples:
         self.seen[idx] = 1.0
 
     def end_epoch(self) -> None:
-        """Merge the epoch's losses (over every process) into the last-seen ones."""
-        both = distributed.all_reduce_sum(torch.stack([self.fresh, self.seen]))
-        self.losses = torch.where(both[1] > 0, both[0] / both[1].clamp(min=1.0), self.losses)
+        """Merge the epoch's losses (over every process) into the last-seen ones. An epoch shows each image
+        to one process at most once, so the sum over processes is its loss."""
+        fresh, seen = distributed.all_reduce_sum(torch.stack([self.fresh, self.seen]))
+        self.losses = torch.where(seen > 0, fresh, self.losses)
         self.fresh.zero_()
         self.seen.zero_()
 
