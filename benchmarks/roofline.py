@@ -1,15 +1,15 @@
 """The CPU training step against its limits: this CPU's matmul rate, oneDNN alone, and Keras.
 
 1. For each precision (fp32; bf16 too where the CPU has native bf16) and each cpu-fast regime (16 px,
-   24 px, 24 px with layer1 frozen, 32 px; batch 64, stem frozen), the trainer's real step two ways,
+   24 px, 24 px with layer1 frozen, 32 px; batch 64, stem frozen), the trainer's real step three ways,
    round by round: as the trainer runs it (convolutions on maps of at most 16 pixels as GEMMs,
-   models/cpu_conv.py) and with every convolution by oneDNN (what the bf16 step ran before
-   2026-12-04). The multiply-adds of every convolution and linear layer (forward, and the backward
-   the step runs) are counted by hooks and set against the matrix-multiply rate of the same precision
-   (a large torch.mm, oneDNN/MKL's best case) measured just before each round: if the step ran near
-   that rate, faster kernels could not buy more epochs. BatchNorm, ReLU, additions and the optimizer
-   are not counted, so the achieved rate is a lower bound. One profiled round tells where the step's
-   time goes by kind of operator.
+   models/cpu_conv.py; SGD fused, fused_sgd.py), with every convolution by oneDNN (what the bf16 step
+   ran before 2026-12-04), and with torch's default SGD (before 2026-12-05). The multiply-adds of every
+   convolution and linear layer (forward, and the backward the step runs) are counted by hooks and set
+   against the matrix-multiply rate of the same precision (a large torch.mm, oneDNN/MKL's best case)
+   measured just before each round: if the step ran near that rate, faster kernels could not buy more
+   epochs. BatchNorm, ReLU, additions and the optimizer are not counted, so the achieved rate is a
+   lower bound. One profiled round tells where the step's time goes by kind of operator.
 2. With --keras: the homework's network (resnet18-seed, 32 px, batch 64) trained by our trainer in fp32
    and, where native, bf16, against the homework's Keras ResNet18 with `train_on_batch` in fp32
    (TensorFlow in the benchmark-only .venv-keras: bash benchmarks/keras/setup.sh), rounds alternating.
@@ -97,14 +97,26 @@ def time_shares(trainer: Trainer, steps: int) -> dict:
             "optimizer step (all its operators)": round(optimizer / total, 3)}
 
 
+def with_default_sgd(trainer: Trainer) -> Trainer:
+    """The trainer with torch's default SGD (a pass over the weights per arithmetic op; what the trainer ran
+    before 2026-12-05) in place of FusedSGD, same groups and settings."""
+    opt = trainer.optimizer
+    keep = ("lr", "momentum", "nesterov", "weight_decay")
+    trainer.optimizer = torch.optim.SGD([{k: g[k] for k in ("params", *keep)} for g in opt.param_groups])
+    return trainer
+
+
 def measure_step(args, precision: str, res: int, frozen: bool) -> dict:
     ours, onednn = step_trainer(args, res, frozen, precision), step_trainer(args, res, frozen, precision)
     onednn.gemm_convs = False  # every convolution by oneDNN
+    default_sgd = with_default_sgd(step_trainer(args, res, frozen, precision))
     macs = count_macs(ours, args.steps)  # one round of ours: its warm-up
-    onednn.run_steps(args.steps)  # and oneDNN's
+    onednn.run_steps(args.steps)  # and the others'
+    default_sgd.run_steps(args.steps)
     rounds = alternate({"matmul": lambda: matmul_gflops(DTYPES[precision]),  # just before the step it is set against
                         "ours": lambda: ours.run_steps(args.steps)["images_per_s"],
-                        "onednn": lambda: onednn.run_steps(args.steps)["images_per_s"]},
+                        "onednn": lambda: onednn.run_steps(args.steps)["images_per_s"],
+                        "default_sgd": lambda: default_sgd.run_steps(args.steps)["images_per_s"]},
                        args.rounds, warmup=0, log=None)
     batch = ours.cfg.batch_size
     flops = 2 * (macs["forward_macs"] + macs["backward_macs"])
@@ -116,7 +128,9 @@ def measure_step(args, precision: str, res: int, frozen: bool) -> dict:
     speedup = ratio_median(rounds["ours"], rounds["onednn"])
     return {"precision": precision, "res": res, "early_frozen": frozen, "batch_size": batch, **macs,
             "step_gflops": flops / 1e9, "images_per_s": ips, "onednn_images_per_s": median(rounds["onednn"]),
-            "speedup_over_onednn": speedup, "achieved_gflops_per_s": flops * ips / batch / 1e9,
+            "speedup_over_onednn": speedup, "default_sgd_images_per_s": median(rounds["default_sgd"]),
+            "speedup_over_default_sgd": ratio_median(rounds["ours"], rounds["default_sgd"]),
+            "achieved_gflops_per_s": flops * ips / batch / 1e9,
             "matmul_gflops_per_s": median(rounds["matmul"]),
             "fraction_of_matmul": fraction, "time_shares": time_shares(ours, args.steps),
             **{f"{k}_rounds": v for k, v in rounds.items()}}
@@ -184,7 +198,9 @@ def main() -> int:
             row = measure_step(args, precision, res, frozen)
             rows.append(row)
             print(f"{precision} {res} px{' early frozen' if frozen else ''}: {row['images_per_s']:.1f} img/s "
-                  f"({row['speedup_over_onednn']:.2f}x oneDNN alone), {row['achieved_gflops_per_s']:.1f} GFLOP/s, "
+                  f"({row['speedup_over_onednn']:.2f}x oneDNN alone, "
+                  f"{row['speedup_over_default_sgd']:.2f}x default SGD), "
+                  f"{row['achieved_gflops_per_s']:.1f} GFLOP/s, "
                   f"{row['fraction_of_matmul']:.0%} of the matmul rate ({row['matmul_gflops_per_s']:.0f} GFLOP/s); "
                   f"time: {row['time_shares']}", flush=True)
     result = {"benchmark": "roofline", **provenance(torch.device("cpu")), "threads": torch.get_num_threads(),

@@ -221,16 +221,19 @@ def eval_resolution_table(results: list[dict]) -> str:
 
 def roofline_table(results: list[dict]) -> str:
     head = ["cpu-fast step (batch 64)", "hardware", "precision", "GFLOP per step", "img/s", "oneDNN alone img/s",
-            "GFLOP/s", "share of the matmul rate", "command"]
+            "default SGD img/s", "GFLOP/s", "share of the matmul rate", "command"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     frozen = {True: "stem and layer1 frozen", False: "stem frozen"}
     for r in (r for r in results if r.get("benchmark") == "roofline"):
         for s in r["settings"]:
             onednn = s.get("onednn_images_per_s")  # measured since 2026-12-04
             alone = f"{onednn:.1f} ({s['speedup_over_onednn']:.2f}x)" if onednn else "-"
+            sgd = s.get("default_sgd_images_per_s")  # measured since 2026-12-05
+            sgd = f"{sgd:.1f} ({s['speedup_over_default_sgd']:.2f}x)" if sgd else "-"
             share = f"{100 * s['fraction_of_matmul']:.0f}% of {s['matmul_gflops_per_s']:.0f} ({r['rounds']} rounds)"
             lines.append(f"| {s['res']} px, {frozen[s['early_frozen']]} | {r['device']} | "
                          f"{s.get('precision', 'fp32')} | {s['step_gflops']:.1f} | {s['images_per_s']:.1f} | {alone} | "
+                         f"{sgd} | "
                          f"{s['achieved_gflops_per_s']:.1f} | {share} | {command(r)} |")
     return "\n".join(lines)
 

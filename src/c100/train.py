@@ -37,6 +37,7 @@ from c100.config import TrainConfig, apply, from_dict, keys, read_yaml, save_yam
 from c100.device import OutOfMemoryError as _OOM  # noqa: F401 - the tests raise it as a GPU does
 from c100.device import autocast, is_out_of_memory, resolve_precision, select_device
 from c100.divergence import Diverged  # noqa: F401 - raised by the loop; callers catch it as c100.train.Diverged
+from c100.fused_sgd import FusedSGD
 from c100.hard_examples import HardExamples
 from c100.inference import Model, load
 from c100.machine import device_name, environment
@@ -158,10 +159,13 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
     rest = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
     lr = peak_lr(cfg)
+    # One fused kernel per step instead of a pass over every weight per arithmetic op (fused_sgd.py)
+    fused = {p.device.type for p in model.parameters()} <= {"cpu", "cuda"}
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+        cls = FusedSGD if fused else torch.optim.SGD
+        return cls(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(groups, lr=lr, betas=(cfg.momentum, 0.999), eps=cfg.adam_eps)
+    return cls(groups, lr=lr, betas=(cfg.momentum, 0.999), eps=cfg.adam_eps, fused=fused)
 
 
 def l2_penalty(params: list[torch.Tensor]) -> torch.Tensor:
