@@ -48,7 +48,7 @@ def test_l2_penalty_matches_tf_l2_loss():
 
 def test_resumed_run_equals_straight_run(cifar_dir, tmp_path):
     kw = {"ema": "0.9", "label_smoothing": "0.1", "cutout": "8", "l2": "1e-4", "grad_clip": "5", "mixup": "0.4",
-          "cutmix": "1", "mix_from": "0.2", "mix_until": "0.7"}
+          "cutmix": "1", "mix_from": "0.2", "mix_until": "0.7", "ema_from": "0.5"}
     straight = train(tiny_cfg(cifar_dir, **kw), tmp_path / "straight", log=lambda *_: None)
 
     def killer(line):  # stop the second run right after epoch 2 is saved, as a kill would
@@ -72,6 +72,19 @@ def test_resumed_run_equals_straight_run(cifar_dir, tmp_path):
     assert len(csv_rows) == 4 and csv_rows[0].startswith("epoch,lr,res,train_loss")
     with pytest.raises(UserError, match="already finished all 3 epochs; nothing to resume"):
         resume(tmp_path / "killed")
+
+
+def test_the_ema_follows_the_weights_until_ema_from(cifar_dir, tmp_path):
+    """--ema-from: an average over the tail only; before it the EMA is the weights themselves."""
+    def ema_and_model(ema_from: str):
+        t = train(tiny_cfg(cifar_dir, epochs="2", ema="0.5", ema_from=ema_from), tmp_path / ema_from,
+                  log=lambda *_: None)
+        return list(t.ema.model.parameters()), list(t.model.parameters())
+
+    late, weights = ema_and_model("0.99")  # 28 steps: the last starts at 27/28 of training, before 0.99
+    assert all(torch.equal(a, b) for a, b in zip(late, weights, strict=True))
+    tail, weights = ema_and_model("0.5")
+    assert not all(torch.equal(a, b) for a, b in zip(tail, weights, strict=True))
 
 
 def test_checkpoint_contract(cifar_dir, tmp_path):

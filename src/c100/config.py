@@ -123,6 +123,14 @@ class TrainConfig:
     grad_clip: float = _recipe(0.0, "clip the gradient norm to this value (0 = off)", bounds="[0, inf)")
     ema: float = _recipe(0.0, "decay of an exponential moving average of the weights (0 = off)", bounds="[0, 1)",
                          note="e.g. 0.999")
+    ema_from: float = _recipe(0.0, "the EMA averages only from this fraction of training on (an average over the "
+                                   "tail, as SWA); before it, it follows the weights", bounds="[0, 1)",
+                              what="a fraction of training", note="0 = from the start")
+    lookahead_k: int = _recipe(0, "Lookahead (lookahead.py): every k optimizer steps a slow copy of the weights "
+                                  "moves --lookahead-alpha of the way to them and they restart from it (0 = off)",
+                               bounds="[0, inf)", note="e.g. 5")
+    lookahead_alpha: float = _recipe(0.5, "how far the slow weights move towards the fast ones at each Lookahead "
+                                          "synchronisation", bounds="(0, 1]", what="a fraction")
     whiten_stem: bool = _recipe(False, "start the stem's filters as the whitening transform of 3x3 training "
                                        "patches (models/whiten.py; the architecture is unchanged)")
     freeze_stem: bool = _recipe(False, "keep the stem's filters at their initial values (with --whiten-stem, as "

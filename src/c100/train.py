@@ -40,6 +40,7 @@ from c100.divergence import Diverged  # noqa: F401 - raised by the loop; callers
 from c100.fused_sgd import FusedSGD
 from c100.hard_examples import HardExamples
 from c100.inference import Model, load
+from c100.lookahead import Lookahead
 from c100.machine import device_name, environment
 from c100.models import create_model
 from c100.models.cpu_conv import small_map_gemm
@@ -153,7 +154,7 @@ def init_weights(model: nn.Module, cfg: TrainConfig) -> None:
     model.load_state_dict(source.module.state_dict())
 
 
-def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer | Lookahead:
     # Weight decay on conv/linear weights only: decaying BN scales and biases only hurts.
     decay = [p for p in model.parameters() if p.ndim > 1]
     rest = [p for p in model.parameters() if p.ndim <= 1]
@@ -163,9 +164,11 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
     fused = {p.device.type for p in model.parameters()} <= {"cpu", "cuda"}
     if cfg.optimizer == "sgd":
         cls = FusedSGD if fused else torch.optim.SGD
-        return cls(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
-    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(groups, lr=lr, betas=(cfg.momentum, 0.999), eps=cfg.adam_eps, fused=fused)
+        optimizer = cls(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    else:
+        cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        optimizer = cls(groups, lr=lr, betas=(cfg.momentum, 0.999), eps=cfg.adam_eps, fused=fused)
+    return Lookahead(optimizer, cfg.lookahead_k, cfg.lookahead_alpha) if cfg.lookahead_k else optimizer
 
 
 def l2_penalty(params: list[torch.Tensor]) -> torch.Tensor:
@@ -181,10 +184,11 @@ class EMA:
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, follow: bool = False) -> None:
+        """One step of the average; `follow`: copy the weights instead (before --ema-from)."""
         ema_p = [p for p in self.model.parameters()]
         cur_p = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(ema_p, cur_p, 1.0 - self.decay)
+        torch._foreach_lerp_(ema_p, cur_p, 1.0 if follow else 1.0 - self.decay)
         for eb, mb in zip(self.model.buffers(), model.buffers(), strict=True):
             eb.copy_(mb)
 
@@ -315,7 +319,7 @@ class Trainer:
                     self.hard.record(idx[0], loss)
                     loss = loss.mean()
                 if self.ema:
-                    self.ema.update(self.model)
+                    self.ema.update(self.model, follow=cfg.ema_from > 0 and self.progress() < cfg.ema_from)
                 self.step += 1
                 tally.add(logits, loss, y)
                 if self.step % self.check_every == 0:
