@@ -34,10 +34,6 @@ class Lookahead:
     def param_groups(self) -> list[dict]:
         return self.optimizer.param_groups
 
-    @property
-    def state(self) -> dict:
-        return self.optimizer.state
-
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
@@ -58,8 +54,8 @@ class Lookahead:
         torch._foreach_copy_(fast, slow)
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "lookahead": {
-            "k": self.k, "alpha": self.alpha, "steps": self.steps, "slow": [s.clone() for s in self.slow]}}
+        # k and alpha are the run's config, fixed on resume: not state
+        return {"optimizer": self.optimizer.state_dict(), "lookahead": {"steps": self.steps, "slow": self.slow}}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore the inner optimizer and the slow weights; raises KeyError / ValueError on a state that is
