@@ -187,7 +187,8 @@ def main() -> int:
     ap.add_argument("--keras-rounds", type=int, default=5)
     ap.add_argument("--keras-steps", type=int, default=20, help="steps of batch 64 per round, ours and Keras'")
     ap.add_argument("--keras-python", default=str(ROOT / ".venv-keras" / "bin" / "python"))
-    ap.add_argument("--out", default="benchmarks/results/records/roofline-cpu.json")
+    ap.add_argument("--out", default="benchmarks/results/records/roofline-cpu.json",
+                    help="result JSON (name it after the CPU: roofline-cpu-<cpu>.json)")
     args = ap.parse_args()
     precisions = args.precisions or (["fp32", "bf16"] if cpu_has_native_bf16() else ["fp32"])
 
